@@ -1,0 +1,30 @@
+# The two README commands: `make demo` and `make test`. Both install into .venv if needed.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test bench lint install goldens
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/param-decomp decompose configs/tms_5-2.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+goldens: $(STAMP)
+	$(BIN)/param-decomp check-goldens ../shared/goldens
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_bench.py

@@ -1,0 +1,93 @@
+"""`param-decomp` command line: train-target, decompose, check-goldens.
+
+Config problems exit with code 2 and a one-screen message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("multi-process (see README: Running on many devices)")
+    group.add_argument("--coordinator", help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
+    group.add_argument("--num-processes", type=int, help="total processes (or JAX_NUM_PROCESSES)")
+    group.add_argument("--process-id", type=int, help="this process's index (or JAX_PROCESS_ID)")
+
+
+def _init_distributed(args: argparse.Namespace) -> None:
+    """Join the multi-process mesh before anything touches devices."""
+    coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if coordinator is None:
+        return
+    import jax
+
+    num = args.num_processes or int(os.environ["JAX_NUM_PROCESSES"])
+    pid = args.process_id if args.process_id is not None else int(os.environ["JAX_PROCESS_ID"])
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="param-decomp", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-target", help="train a toy target model and cache it under runs/targets/")
+    p.add_argument("config", help="target YAML, e.g. configs/targets/tms_5-2.yaml")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+
+    p = sub.add_parser("decompose", help="decompose a target's weights (trains the target if missing)")
+    p.add_argument("config", help="decomposition YAML, e.g. configs/tms_5-2.yaml")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    p.add_argument("--steps", type=int, help="override train.steps (quick looks)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar or table")
+    _add_distributed_args(p)
+
+    p = sub.add_parser("check-goldens", help="evaluate every golden case in DIR with this project's code")
+    p.add_argument("dir", help="folder of golden *.json files (e.g. ../shared/goldens)")
+    return parser
+
+
+def _run(args: argparse.Namespace) -> int:
+    from param_decomp.config.loading import load_decompose_config, load_target_config
+
+    if args.command == "train-target":
+        from param_decomp.targets.training import train_target
+
+        train_target(load_target_config(args.config), Path(args.runs_dir))
+        return 0
+    if args.command == "decompose":
+        _init_distributed(args)
+        from param_decomp.train.loop import NonFiniteLossError, run_decompose
+
+        cfg = load_decompose_config(args.config)
+        if args.steps is not None:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": args.steps})})
+        try:
+            run_decompose(cfg, args.config, Path(args.runs_dir), show_progress=not args.no_progress)
+        except NonFiniteLossError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        return 0
+    if args.command == "check-goldens":
+        from param_decomp.goldens.runner import check_goldens_dir
+
+        return check_goldens_dir(Path(args.dir))
+    raise AssertionError(args.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from param_decomp.config.errors import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ConfigError as err:
+        print(str(err), file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""Pydantic schema of every YAML file the project reads.
+
+Every model forbids unknown keys so a typo is an error, never a silently ignored setting.
+Loss terms are a tagged list (`- type: faithfulness ...`); the term classes themselves live in
+`param_decomp.losses` and register their config model there, so adding a term never touches
+this file.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+
+NonNegFloat = Annotated[float, Field(ge=0.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class StrictModel(BaseModel):
+    """Base for every config block: unknown keys are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SparseFeatureData(StrictModel):
+    """Synthetic sparse features (SPEC §Data): each feature present w.p. `feature_probability`."""
+
+    feature_probability: Annotated[float, Field(gt=0.0, le=1.0)]
+    mode: Literal["at_least_zero_active", "exactly_one_active", "exactly_two_active"] = (
+        "at_least_zero_active"
+    )
+    value_range: tuple[float, float] = (0.0, 1.0)
+
+    @model_validator(mode="after")
+    def _range_ordered(self) -> SparseFeatureData:
+        lo, hi = self.value_range
+        if not lo < hi:
+            raise ValueError(f"value_range must be (low, high) with low < high, got {lo}, {hi}")
+        return self
+
+
+# ----------------------------------------------------------------------------- schedules
+
+
+class Schedule(StrictModel):
+    """Learning-rate schedule (SPEC S-SCHED): linear warmup from 0, then decay to final."""
+
+    kind: Literal["constant", "linear", "cosine"] = "constant"
+    warmup_pct: Fraction = 0.0
+    final_val_frac: NonNegFloat = 1.0
+
+
+class Optimizer(StrictModel):
+    """AdamW with a schedule and optional global-norm clipping."""
+
+    lr: PositiveFloat
+    schedule: Schedule = Schedule()
+    weight_decay: NonNegFloat = 0.0
+    b1: Fraction = 0.9
+    b2: Fraction = 0.999
+    grad_clip_norm: PositiveFloat | None = None
+
+
+# ----------------------------------------------------------------------------- targets
+
+
+class TMSModel(StrictModel):
+    """Toy model of superposition: x -> W1 -> [hidden layers] -> W2 (+bias) -> ReLU."""
+
+    type: Literal["tms"]
+    n_features: PositiveInt
+    n_hidden: PositiveInt
+    n_hidden_layers: Annotated[int, Field(ge=0)] = 0
+    tied_weights: bool = True
+    init_bias_to_zero: bool = False
+
+
+class ResidMLPModel(StrictModel):
+    """Residual MLP: fixed embedding, `n_layers` ReLU MLPs added to the stream, W_U = W_E^T."""
+
+    type: Literal["resid_mlp"]
+    n_features: PositiveInt
+    d_embed: PositiveInt
+    d_mlp: PositiveInt
+    n_layers: Annotated[int, Field(ge=1, le=3)] = 1
+    label_coeff: float = 1.0
+
+
+TargetModel = Annotated[TMSModel | ResidMLPModel, Field(discriminator="type")]
+
+
+class TargetTraining(StrictModel):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    log_every: PositiveInt = 500
+
+
+class TargetConfig(StrictModel):
+    """`param-decomp train-target` config: what to train and how; cached in runs/targets/."""
+
+    run_name: str = Field(min_length=1)
+    seed: int = 0
+    model: TargetModel
+    data: SparseFeatureData
+    train: TargetTraining
+
+
+# ----------------------------------------------------------------------------- decomposition
+
+
+class CIFunction(StrictModel):
+    """Causal-importance function (SPEC §CI): which inputs it reads and its hidden widths."""
+
+    type: Literal["per_component_mlp", "per_site_mlp", "global_mlp"] = "per_component_mlp"
+    hidden: list[PositiveInt] = [16]
+
+
+class Decomposition(StrictModel):
+    C: PositiveInt
+    sites: list[str] = Field(min_length=1)
+    tied_sites: dict[str, str] = {}
+    ci_function: CIFunction = CIFunction()
+    squashing: Literal["leaky_hard"] = "leaky_hard"
+    leaky_alpha: PositiveFloat = 0.01
+    init_scale: PositiveFloat = 1.0
+
+    @model_validator(mode="after")
+    def _ties_refer_to_sites(self) -> Decomposition:
+        for tied, source in self.tied_sites.items():
+            if tied not in self.sites or source not in self.sites:
+                raise ValueError(
+                    f"tied_sites entry {tied}: {source} must name two of sites {self.sites}"
+                )
+            if source in self.tied_sites:
+                raise ValueError(f"tied_sites source {source} is itself tied")
+        return self
+
+
+class FaithfulnessWarmup(StrictModel):
+    """Steps on the faithfulness loss alone (V, U only) before the main loop."""
+
+    steps: Annotated[int, Field(ge=0)] = 0
+    lr: PositiveFloat = 0.01
+    weight_decay: NonNegFloat = 0.0
+
+
+class DecomposeTraining(StrictModel):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    faithfulness_warmup: FaithfulnessWarmup = FaithfulnessWarmup()
+    log_every: PositiveInt = 100
+
+
+class Eval(StrictModel):
+    ci_alive_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    n_batches: PositiveInt = 4
+    batch_size: PositiveInt = 1024
+    figures: bool = True
+
+
+class Mesh(StrictModel):
+    """Device mesh sizes (SPEC §Sharding). One axis may be -1: the remaining devices."""
+
+    data: int = -1
+    fsdp: PositiveInt = 1
+    tensor: PositiveInt = 1
+    shard_target_weights: bool = False
+
+    @model_validator(mode="after")
+    def _sizes(self) -> Mesh:
+        if self.data != -1 and self.data < 1:
+            raise ValueError(f"mesh.data must be a positive size or -1, got {self.data}")
+        return self
+
+
+class Checkpointing(StrictModel):
+    every: Annotated[int, Field(ge=0)] = 0
+    keep: PositiveInt = 2
+
+
+class DecomposeConfig(StrictModel):
+    """`param-decomp decompose` config."""
+
+    run_name: str = Field(min_length=1)
+    seed: int = 0
+    target: str = Field(min_length=1, description="path of the target's YAML config")
+    decomposition: Decomposition
+    losses: list[dict] = Field(min_length=1)
+    train: DecomposeTraining
+    data: SparseFeatureData | None = None
+    eval: Eval = Eval()
+    mesh: Mesh = Mesh()
+    checkpointing: Checkpointing = Checkpointing()

@@ -1,0 +1,91 @@
+"""The trainable side of a decomposition: per-site V/U components plus the CI function.
+
+Frozen target weights never live here; they are passed to every method so the jitted step
+receives them as arguments (SPEC S0).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float
+
+from param_decomp.config.schema import Decomposition
+from param_decomp.decomposition.ci_functions import PerComponentMLP, VectorMLP
+from param_decomp.decomposition.components import component_acts
+from param_decomp.decomposition.squashing import lower_leaky_hard, upper_leaky_hard
+
+Weights = dict[str, Float[Array, "d_in d_out"]]
+
+
+class Components(nnx.Module):
+    """V (d_in, C) and U (C, d_out) of one site, init std = 1/sqrt(fan_in) (linear gain)."""
+
+    def __init__(self, d_in: int, d_out: int, C: int, scale: float, *, rngs: nnx.Rngs):
+        self.V = nnx.Param(jax.random.normal(rngs.params(), (d_in, C)) * (scale / d_in**0.5))
+        self.U = nnx.Param(jax.random.normal(rngs.params(), (C, d_out)) * (scale / C**0.5))
+
+
+class DecompositionModel(nnx.Module):
+    """Components of every decomposed site and their causal-importance function."""
+
+    def __init__(self, cfg: Decomposition, site_shapes: dict[str, tuple[int, int]], *, rngs: nnx.Rngs):
+        self.site_names = tuple(cfg.sites)
+        self.tied_sites = tuple(sorted(cfg.tied_sites.items()))
+        self.ci_kind = cfg.ci_function.type
+        self.C = cfg.C
+        self.leaky_alpha = cfg.leaky_alpha
+        owned = [s for s in cfg.sites if s not in cfg.tied_sites]
+        self.components = nnx.Dict(
+            {s.replace(".", "_"): Components(*site_shapes[s], cfg.C, cfg.init_scale, rngs=rngs) for s in owned}
+        )
+        kind, hidden = cfg.ci_function.type, cfg.ci_function.hidden
+        if kind == "per_component_mlp":
+            self.ci_fns = nnx.Dict({s.replace(".", "_"): PerComponentMLP(cfg.C, hidden, rngs=rngs) for s in cfg.sites})
+        elif kind == "per_site_mlp":
+            self.ci_fns = nnx.Dict(
+                {s.replace(".", "_"): VectorMLP(site_shapes[s][0], hidden, cfg.C, rngs=rngs) for s in cfg.sites}
+            )
+        else:
+            d_total = sum(site_shapes[s][0] for s in cfg.sites)
+            self.global_ci = VectorMLP(d_total, hidden, cfg.C * len(cfg.sites), rngs=rngs)
+
+    def site_VU(self, site: str) -> tuple[Float[Array, "d_in C"], Float[Array, "C d_out"]]:
+        """V, U of `site`; a tied site reuses its source's transposed factors (V2 = U1^T, U2 = V1^T)."""
+        source = dict(self.tied_sites).get(site)
+        if source is not None:
+            comp = self.components[source.replace(".", "_")]
+            return comp.U[...].T, comp.V[...].T
+        comp = self.components[site.replace(".", "_")]
+        return comp.V[...], comp.U[...]
+
+    def all_VU(self) -> dict[str, tuple[Array, Array]]:
+        return {s: self.site_VU(s) for s in self.site_names}
+
+    def ci_pre_activations(
+        self, site_inputs: dict[str, Float[Array, "*b d_in"]], VU: dict[str, tuple[Array, Array]]
+    ) -> dict[str, Float[Array, "*b C"]]:
+        """One CI evaluation for every site (S5); squash afterwards."""
+        kind = self.ci_kind
+        if kind == "per_component_mlp":
+            return {
+                s: self.ci_fns[s.replace(".", "_")](component_acts(site_inputs[s], VU[s][0]))
+                for s in self.site_names
+            }
+        if kind == "per_site_mlp":
+            return {s: self.ci_fns[s.replace(".", "_")](site_inputs[s]) for s in self.site_names}
+        joint = jnp.concatenate([site_inputs[s] for s in self.site_names], axis=-1)
+        out = self.global_ci(joint)
+        C = self.C
+        return {s: out[..., i * C : (i + 1) * C] for i, s in enumerate(self.site_names)}
+
+    def causal_importances(
+        self, site_inputs: dict[str, Array], VU: dict[str, tuple[Array, Array]]
+    ) -> tuple[dict[str, Array], dict[str, Array]]:
+        """(ci_lower, ci_upper): lower feeds the masks, upper feeds importance minimality (S3)."""
+        pre = self.ci_pre_activations(site_inputs, VU)
+        alpha = self.leaky_alpha
+        lower = {s: lower_leaky_hard(p, alpha) for s, p in pre.items()}
+        upper = {s: upper_leaky_hard(p, alpha) for s, p in pre.items()}
+        return lower, upper

@@ -1,0 +1,71 @@
+"""The LossTerm protocol and the step context every term reads (SPEC §Objective).
+
+A term is a frozen, validated dataclass. It declares what it consumes (`needs`); the objective
+gathers those needs so the step computes each quantity once, and then calls every term on the
+same `StepContext`. The step never switches on term names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from jaxtyping import Array, Float
+from pydantic import ConfigDict
+
+from param_decomp.decomposition.sources import ReconPlan
+
+TERM_CONFIG = ConfigDict(extra="forbid")
+
+class PsiSpec(Protocol):
+    """A per-element importance penalty psi(ci_upper); hashable so equal specs share one pass."""
+
+    def __call__(self, ci_upper: Array, progress: Array) -> Array: ...
+
+    def metrics(self, progress: Array) -> dict[str, Array]: ...
+
+
+@dataclass(frozen=True)
+class Needs:
+    psi: PsiSpec | None = None
+    plan: ReconPlan | None = None
+
+
+@dataclass
+class StepContext:
+    """Everything the step computed once, shared by all terms.
+
+    `component_means[psi][site]` is f_c = mean over the GLOBAL (batch, pos) of psi(ci_upper),
+    `recon_outputs[plan]` is a list over mask samples of a list of forwards (one per live set).
+    """
+
+    clean_output: Array
+    weights: dict[str, Float[Array, "d_in d_out"]]
+    VU: dict[str, tuple[Array, Array]]
+    ci_lower: dict[str, Array]
+    ci_upper: dict[str, Array]
+    progress: Array
+    component_means: dict[PsiSpec, dict[str, Float[Array, " C"]]] = field(default_factory=dict)
+    recon_outputs: dict[ReconPlan, list[list[Array]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TermResult:
+    """`weighted` enters the total; `parts` are the unweighted values logged as train/loss/<k>."""
+
+    weighted: Array
+    parts: dict[str, Array]
+    metrics: dict[str, Array] = field(default_factory=dict)
+
+
+class LossTerm(Protocol):
+    type: str
+    coeff: float
+
+    def needs(self) -> Needs: ...
+
+    def __call__(self, ctx: StepContext) -> TermResult: ...
+
+
+OutputDistance = Callable[[Array, Array], Array]

@@ -1,0 +1,93 @@
+"""Reconstruction terms (S6): the masked model must reproduce the clean output.
+
+Each term names a `ReconPlan`; the step runs exactly the forwards the distinct plans ask for,
+and the term averages its output distance over mask samples and forwards.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import jax.numpy as jnp
+from pydantic import PositiveFloat, PositiveInt
+from pydantic.dataclasses import dataclass
+
+from param_decomp.decomposition.sources import ReconPlan, Routing, SourceKind
+from param_decomp.losses.base import TERM_CONFIG, Needs, StepContext, TermResult
+from param_decomp.losses.distances import OUTPUT_DISTANCES
+from param_decomp.losses.registry import register_term
+
+Distance = Literal["mse", "kl"]
+
+
+class _ReconTerm:
+    """Shared behaviour; subclasses fix `routing` and their YAML `type`."""
+
+    routing: Routing
+    coeff: float
+    n_mask_samples: int
+    source: SourceKind
+    delta_component: bool
+    distance: Distance
+    type: str
+
+    def plan(self) -> ReconPlan:
+        return ReconPlan(self.routing, self.source, self.n_mask_samples, self.delta_component)
+
+    def needs(self) -> Needs:
+        return Needs(plan=self.plan())
+
+    def __call__(self, ctx: StepContext) -> TermResult:
+        dist = OUTPUT_DISTANCES[self.distance]
+        outputs = ctx.recon_outputs[self.plan()]
+        values = [dist(out, ctx.clean_output) for sample in outputs for out in sample]
+        value = jnp.mean(jnp.stack(values))
+        return TermResult(self.coeff * value, {self.type: value})
+
+
+@register_term
+@dataclass(frozen=True, config=TERM_CONFIG)
+class StochasticRecon(_ReconTerm):
+    coeff: PositiveFloat
+    n_mask_samples: PositiveInt = 1
+    source: SourceKind = "continuous"
+    delta_component: bool = True
+    distance: Distance = "mse"
+    type: Literal["stochastic_recon"] = "stochastic_recon"
+    routing = "all"
+
+
+@register_term
+@dataclass(frozen=True, config=TERM_CONFIG)
+class StochasticReconLayerwise(_ReconTerm):
+    coeff: PositiveFloat
+    n_mask_samples: PositiveInt = 1
+    source: SourceKind = "continuous"
+    delta_component: bool = True
+    distance: Distance = "mse"
+    type: Literal["stochastic_recon_layerwise"] = "stochastic_recon_layerwise"
+    routing = "each"
+
+
+@register_term
+@dataclass(frozen=True, config=TERM_CONFIG)
+class StochasticReconSubset(_ReconTerm):
+    coeff: PositiveFloat
+    n_mask_samples: PositiveInt = 1
+    source: SourceKind = "continuous"
+    delta_component: bool = True
+    distance: Distance = "mse"
+    type: Literal["stochastic_recon_subset"] = "stochastic_recon_subset"
+    routing = "subset"
+
+
+@register_term
+@dataclass(frozen=True, config=TERM_CONFIG)
+class CIMaskedRecon(_ReconTerm):
+    coeff: PositiveFloat
+    n_mask_samples: Literal[1] = 1
+    source: SourceKind = "continuous"
+    delta_component: Literal[False] = False
+    distance: Distance = "mse"
+    type: Literal["ci_masked_recon"] = "ci_masked_recon"
+    routing = "ci"

@@ -1,0 +1,101 @@
+"""The config's loss list as one closed objective, and the one fused pass that feeds it.
+
+`Objective.from_terms` gathers what the terms consume (distinct psi specs, distinct recon plans)
+once, before anything compiles. `evaluate` then runs ONE clean target forward, ONE CI
+evaluation, ONE per-component mean per distinct psi, and exactly the masked forwards the
+distinct plans need, and hands the shared `StepContext` to every term (SPEC S9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, PRNGKeyArray
+
+from param_decomp.decomposition.masked_forward import masked_site_fn, recording_site_fn
+from param_decomp.decomposition.sources import ReconPlan, draw_plan_sources, live_sites
+from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
+from param_decomp.losses.importance import component_means
+
+PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
+
+
+@dataclass(frozen=True)
+class Objective:
+    terms: tuple[LossTerm, ...]
+    psi_specs: tuple[PsiSpec, ...]
+    plans: tuple[ReconPlan, ...]
+
+    @classmethod
+    def from_terms(cls, terms: tuple[LossTerm, ...] | list[LossTerm]) -> Objective:
+        terms = tuple(terms)
+        names = [t.type for t in terms]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"loss types listed more than once: {sorted(dupes)}")
+        psi_specs = tuple(dict.fromkeys(t.needs().psi for t in terms if t.needs().psi is not None))
+        plans = tuple(dict.fromkeys(t.needs().plan for t in terms if t.needs().plan is not None))
+        return cls(terms, psi_specs, plans)
+
+    def draw_sources(self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int) -> PlanSources:
+        keys = jax.random.split(key, max(len(self.plans), 1))
+        return {p: draw_plan_sources(p, k, batch_shape, sites, C) for p, k in zip(self.plans, keys)}
+
+    def context_from_ci(
+        self,
+        target: Any,
+        x: Array,
+        clean_output: Array,
+        weights: dict[str, Array],
+        VU: dict[str, tuple[Array, Array]],
+        ci_lower: dict[str, Array],
+        ci_upper: dict[str, Array],
+        sources: PlanSources,
+        progress: Array,
+    ) -> StepContext:
+        """The shared quantities downstream of the CI: per-component means and masked forwards."""
+        sites = tuple(VU)
+        ctx = StepContext(clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32))
+        for psi in self.psi_specs:
+            with jax.named_scope("component_means"):
+                ctx.component_means[psi] = {s: component_means(psi(ci_upper[s], ctx.progress)) for s in sites}
+        for plan in self.plans:
+            outputs = []
+            for sample in sources[plan]:
+                row = []
+                for i, fwd in enumerate(sample):
+                    site_fn = masked_site_fn(live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta)
+                    with jax.named_scope("masked_forward"):
+                        row.append(target(x, site_fn))
+                outputs.append(row)
+            ctx.recon_outputs[plan] = outputs
+        return ctx
+
+    def context(self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array) -> StepContext:
+        """Full fused pass from the batch: clean forward, CI, then `context_from_ci`."""
+        site_inputs: dict[str, Array] = {}
+        with jax.named_scope("clean_forward"):
+            clean = jax.lax.stop_gradient(target(x, recording_site_fn(site_inputs)))
+        all_weights = target.site_weights()
+        sites = decomposition.site_names
+        weights = {s: jax.lax.stop_gradient(all_weights[s]) for s in sites}
+        inputs = {s: jax.lax.stop_gradient(site_inputs[s]) for s in sites}
+        VU = decomposition.all_VU()
+        with jax.named_scope("ci_function"):
+            ci_lower, ci_upper = decomposition.causal_importances(inputs, VU)
+        return self.context_from_ci(target, x, clean, weights, VU, ci_lower, ci_upper, sources, progress)
+
+    def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:
+        """total = sum of every term's weighted value; metrics under stable keys."""
+        total = jnp.zeros((), jnp.float32)
+        metrics: dict[str, Array] = {}
+        for term in self.terms:
+            result = term(ctx)
+            total = total + result.weighted
+            metrics.update({f"train/loss/{k}": v for k, v in result.parts.items()})
+            metrics.update(result.metrics)
+        metrics["train/loss/total"] = total
+        return total, metrics

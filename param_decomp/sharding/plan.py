@@ -1,0 +1,76 @@
+"""Placement plan: logical axes of every array -> mesh axes, in one place (SPEC §Sharding).
+
+Logical axes: `batch` (global batch rows), `C` (the component axis), `d_in`/`d_out` of a
+site. The plan maps batch -> (data, fsdp) and C -> tensor; site dims map to fsdp only when
+`shard_target_weights` asks for it. Everything else (scalars, RNG, step) is replicated.
+XLA inserts the collectives.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+LOGICAL_TO_MESH: dict[str, Any] = {"batch": ("data", "fsdp"), "C": "tensor", "d_in": None, "d_out": None}
+
+
+@dataclass(frozen=True)
+class PlacementPlan:
+    mesh: Mesh
+    shard_site_dims: bool = False
+
+    def spec(self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> PartitionSpec:
+        """Mesh axes per dim; a dim its mesh axes do not divide stays unsharded."""
+        table = dict(LOGICAL_TO_MESH)
+        if self.shard_site_dims:
+            table["d_in"] = "fsdp"
+        axes = []
+        for i, name in enumerate(logical):
+            mesh_axes = table.get(name) if name else None
+            if mesh_axes is not None and shape is not None:
+                size = 1
+                for a in (mesh_axes,) if isinstance(mesh_axes, str) else mesh_axes:
+                    size *= self.mesh.shape[a]
+                if shape[i] % size:
+                    mesh_axes = None
+            axes.append(mesh_axes)
+        return PartitionSpec(*axes)
+
+    def sharding(self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(logical, shape))
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def batch(self, ndim: int) -> NamedSharding:
+        return self.sharding(("batch",) + (None,) * (ndim - 1))
+
+    def decomposition_shardings(self, params: Any, C: int) -> Any:
+        """V (d_in, C), U (C, d_out), per-component CI weights (C, ...): shard C; rest replicated."""
+
+        def place(path: tuple, leaf: jax.Array) -> NamedSharding:
+            names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+            if "components" in names and names[-1] == "V":
+                return self.sharding(("d_in", "C"), leaf.shape)
+            if "components" in names and names[-1] == "U":
+                return self.sharding(("C", "d_out"), leaf.shape)
+            if "ci_fns" in names and leaf.ndim >= 2 and leaf.shape[0] == C and "weights" in names:
+                return self.sharding(("C",) + (None,) * (leaf.ndim - 1))
+            if "ci_fns" in names and leaf.ndim == 2 and leaf.shape[0] == C and "biases" in names:
+                return self.sharding(("C", None))
+            return self.replicated()
+
+        return jax.tree_util.tree_map_with_path(place, params)
+
+    def target_shardings(self, target_state: Any) -> Any:
+        """Frozen target weights: replicated, or rows over fsdp when `shard_target_weights`."""
+
+        def place(leaf: jax.Array) -> NamedSharding:
+            if self.shard_site_dims and leaf.ndim == 2:
+                return self.sharding(("d_in", None), leaf.shape)
+            return self.replicated()
+
+        return jax.tree.map(place, target_state)

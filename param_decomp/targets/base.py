@@ -1,0 +1,30 @@
+"""What every decomposable target offers: named linear sites and a forward that routes them.
+
+A site is a linear map x @ W with W stored (d_in, d_out). The forward calls `site_fn(name, x, W)`
+for every site, so the decomposition can replace any subset of sites without the target knowing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from jaxtyping import Array, Float
+
+SiteFn = Callable[[str, Array, Array], Array]
+
+
+def dense_site(name: str, x: Array, W: Array) -> Array:
+    """The frozen path: the site's own weight."""
+    del name
+    return x @ W
+
+
+class Target(Protocol):
+    n_features: int
+
+    def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]: ...
+
+    def __call__(self, x: Array, site_fn: SiteFn = dense_site) -> Array: ...
+
+    def labels(self, x: Array) -> Array: ...

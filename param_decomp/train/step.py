@@ -1,0 +1,123 @@
+"""The jitted decomposition step: one fused objective pass, one AdamW update (SPEC §Step).
+
+`train_step(state, target_state, batch) -> (state, metrics)`: the decomposition's graph and the
+objective are static structure; every array (components, CI params, optimizer moments, the
+frozen target weights, the batch) is an argument, so nothing large is baked in as a constant.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jaxtyping import Array
+
+from param_decomp.objective import Objective
+
+
+@struct.dataclass
+class DecompState:
+    """Everything that changes during a decomposition run."""
+
+    params: nnx.State
+    opt_state: Any
+    step: Array
+    key: Array
+    first_nonfinite_step: Array  # -1 until a loss term turns NaN/inf (S11.1)
+
+
+StepFn = Callable[[DecompState, nnx.State, Array], tuple[DecompState, dict[str, Array]]]
+
+
+def init_state(params: nnx.State, optimizer: optax.GradientTransformation, key: Array) -> DecompState:
+    return DecompState(
+        params=params,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        key=key,
+        first_nonfinite_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def objective_loss(
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    target_graphdef: nnx.GraphDef,
+    params: nnx.State,
+    target_state: nnx.State,
+    batch: Array,
+    key: Array,
+    progress: Array,
+) -> tuple[Array, dict[str, Array]]:
+    """Total loss and metrics for one batch; the function the step differentiates."""
+    model = nnx.merge(graphdef, params)
+    target = nnx.merge(target_graphdef, target_state)
+    sources = objective.draw_sources(key, batch.shape[:-1], model.site_names, model.C)
+    ctx = objective.context(target, model, batch, sources, progress)
+    return objective.evaluate(ctx)
+
+
+def make_train_step(
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    target_graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    total_steps: int,
+) -> StepFn:
+    """Build the (unjitted) step; the caller jits it with the placement plan's shardings."""
+
+    def train_step(state: DecompState, target_state: nnx.State, batch: Array) -> tuple[DecompState, dict[str, Array]]:
+        key = jax.random.fold_in(state.key, state.step)
+        progress = state.step.astype(jnp.float32) / total_steps
+        grad_fn = jax.grad(
+            lambda p: objective_loss(objective, graphdef, target_graphdef, p, target_state, batch, key, progress),
+            has_aux=True,
+        )
+        grads, metrics = grad_fn(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
+        first_bad = jnp.where(
+            (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
+        )
+        metrics = dict(metrics)
+        metrics["train/grad_norm"] = optax.global_norm(grads)
+        new_state = DecompState(params, opt_state, state.step + 1, state.key, first_bad)
+        return new_state, metrics
+
+    return train_step
+
+
+def make_faithfulness_warmup(
+    graphdef: nnx.GraphDef, target_graphdef: nnx.GraphDef, lr: float, weight_decay: float, steps: int
+) -> Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]]:
+    """`steps` AdamW steps on faithfulness alone, over V/U only, in one jitted fori_loop (S12)."""
+    from param_decomp.losses.faithfulness import faithfulness_loss
+
+    optimizer = optax.adamw(lr, weight_decay=weight_decay)
+
+    def run(params: nnx.State, target_state: nnx.State) -> tuple[nnx.State, Array]:
+        target = nnx.merge(target_graphdef, target_state)
+        weights = target.site_weights()
+        comp_filter = lambda path, _: "components" in [str(p) for p in path]  # noqa: E731
+        comps, rest = nnx.split_state(params, comp_filter, ...)
+
+        def loss(c: nnx.State) -> Array:
+            model = nnx.merge(graphdef, nnx.merge_state(c, rest))
+            VU = model.all_VU()
+            return faithfulness_loss({s: weights[s] for s in VU}, VU)
+
+        def body(_: int, carry: tuple[nnx.State, Any]) -> tuple[nnx.State, Any]:
+            c, opt = carry
+            grads = jax.grad(loss)(c)
+            updates, opt = optimizer.update(grads, opt, c)
+            return optax.apply_updates(c, updates), opt
+
+        comps, _ = jax.lax.fori_loop(0, steps, body, (comps, optimizer.init(comps)))
+        return nnx.merge_state(comps, rest), loss(comps)
+
+    return run
