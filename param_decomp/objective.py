@@ -58,7 +58,7 @@ class Objective:
     ) -> StepContext:
         """The shared quantities downstream of the CI: per-component means and masked forwards."""
         sites = tuple(VU)
-        ctx = StepContext(clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32))
+        ctx = StepContext(x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32))
         for psi in self.psi_specs:
             with jax.named_scope("component_means"):
                 ctx.component_means[psi] = {s: component_means(psi(ci_upper[s], ctx.progress)) for s in sites}

@@ -89,7 +89,27 @@ class ResidMLPModel(StrictModel):
     label_coeff: float = 1.0
 
 
-TargetModel = Annotated[TMSModel | ResidMLPModel, Field(discriminator="type")]
+class LlamaModel(StrictModel):
+    """Small Llama-style causal LM: RMSNorm, RoPE attention, SwiGLU MLP."""
+
+    type: Literal["llama"]
+    vocab_size: PositiveInt
+    d_model: PositiveInt
+    n_heads: PositiveInt
+    d_mlp: PositiveInt
+    n_layers: PositiveInt = 1
+    seq_len: PositiveInt = 16
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> LlamaModel:
+        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head size"
+            )
+        return self
+
+
+TargetModel = Annotated[TMSModel | ResidMLPModel | LlamaModel, Field(discriminator="type")]
 
 
 class TargetTraining(StrictModel):

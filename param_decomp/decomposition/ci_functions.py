@@ -35,7 +35,13 @@ class PerComponentMLP(nnx.Module):
         h = acts[..., None]
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            h = jnp.einsum("...ca,cab->...cb", h, w[...]) + b[...]
+            w = w[...]
+            if w.shape[1] == 1:  # scalar in: a broadcast multiply, not a tiny batched matmul
+                h = h * w[:, 0, :] + b[...]
+            elif w.shape[2] == 1:  # scalar out: a multiply-reduce
+                h = jnp.sum(h * w[:, :, 0], axis=-1, keepdims=True) + b[...]
+            else:
+                h = jnp.einsum("...ca,cab->...cb", h, w) + b[...]
             if i < last:
                 h = jax.nn.gelu(h)
         return h[..., 0]

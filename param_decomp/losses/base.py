@@ -40,6 +40,7 @@ class StepContext:
     `recon_outputs[plan]` is a list over mask samples of a list of forwards (one per live set).
     """
 
+    batch: Array
     clean_output: Array
     weights: dict[str, Float[Array, "d_in d_out"]]
     VU: dict[str, tuple[Array, Array]]

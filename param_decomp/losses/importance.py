@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 from pydantic import Field, PositiveFloat, model_validator
 from pydantic.dataclasses import dataclass
+from pydantic_core import ArgsKwargs
 
 from param_decomp.losses.base import TERM_CONFIG, Needs, StepContext, TermResult
 from param_decomp.losses.registry import register_term
@@ -119,7 +120,10 @@ LEGACY_BETA_HELP = (
 
 
 def _reject_legacy_beta(data: object) -> object:
-    if isinstance(data, dict) and "beta" in data:
+    """S8.4: `beta` is refused with the equivalent explicit frequency block."""
+    fields = (data.kwargs or {}) if isinstance(data, ArgsKwargs) else data
+    if isinstance(fields, dict) and "beta" in fields:
+        data = fields
         coeff = data.get("coeff", "<coeff>")
         beta = data["beta"]
         try:

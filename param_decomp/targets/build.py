@@ -4,16 +4,19 @@ from __future__ import annotations
 
 from flax import nnx
 
-from param_decomp.config.schema import ResidMLPModel, TargetConfig, TMSModel
+from param_decomp.config.schema import LlamaModel, ResidMLPModel, TargetConfig, TMSModel
+from param_decomp.targets.llama import Llama
 from param_decomp.targets.resid_mlp import ResidMLP
 from param_decomp.targets.tms import TMS
 
 
-def build_target(cfg: TargetConfig) -> TMS | ResidMLP:
+def build_target(cfg: TargetConfig) -> TMS | ResidMLP | Llama:
     rngs = nnx.Rngs(params=cfg.seed)
     model = cfg.model
     if isinstance(model, TMSModel):
         return TMS(model, rngs=rngs)
     if isinstance(model, ResidMLPModel):
         return ResidMLP(model, rngs=rngs)
+    if isinstance(model, LlamaModel):
+        return Llama(model, rngs=rngs)
     raise TypeError(f"unknown target model {type(model).__name__}")

@@ -52,6 +52,9 @@ class ResidMLP(nnx.Module):
             resid = resid + site_fn(f"layers.{i}.mlp_out", hidden, weights[f"layers.{i}.mlp_out"])
         return resid @ W_E.T
 
+    def batch_shape(self, x: Array) -> tuple[int, ...]:
+        return tuple(x.shape[:-1])
+
     def labels(self, x: Array) -> Array:
         """'act plus resid': each feature's label is x + coeff * ReLU(x)."""
         return x + self.label_coeff * jax.nn.relu(x)

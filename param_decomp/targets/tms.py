@@ -46,6 +46,9 @@ class TMS(nnx.Module):
             h = site_fn(name, h, weights[name])
         return jax.nn.relu(site_fn("linear2", h, weights["linear2"]) + self.b_final[...])
 
+    def batch_shape(self, x: Array) -> tuple[int, ...]:
+        return tuple(x.shape[:-1])
+
     def labels(self, x: Array) -> Array:
         """TMS is an autoencoder: the label is the input."""
         return x

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +29,7 @@ from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.training import RUNS_DIR, load_or_train_target
 from param_decomp.train.checkpoint import save_pytree
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.step import DecompState, init_state, make_faithfulness_warmup, make_train_step
+from param_decomp.train.step import DecompState, make_faithfulness_warmup, place_and_jit
 
 PROGRESS_KEYS = ("train/loss/total", "train/loss/faithfulness", "train/loss/stochastic_recon")
 
@@ -54,10 +56,27 @@ def _first_bad_term(metrics: dict[str, Any]) -> str:
     return ", ".join(bad) if bad else "unknown term"
 
 
-def run_decompose(
+@dataclass
+class Session:
+    """Everything a decomposition run needs, built (and validated) before the first step."""
+
+    cfg: DecomposeConfig
+    objective: Objective
+    graphdef: nnx.GraphDef
+    target_graphdef: nnx.GraphDef
+    target_state: nnx.State
+    state: DecompState
+    train_step: Callable[..., Any]
+    sample: Callable[[int], jax.Array]
+    plan: PlacementPlan
+    data_cfg: Any
+    run_dir: Path
+
+
+def build_session(
     cfg: DecomposeConfig, config_path: str, runs_dir: Path = RUNS_DIR, show_progress: bool = True
-) -> dict[str, Any]:
-    """Train a decomposition as configured; returns the evaluation dict (also written to disk)."""
+) -> Session:
+    """Load/train the target, check sites and mesh, place arrays, warm up, jit the step."""
     target_cfg = load_target_config(cfg.target)
     data_cfg = cfg.data or target_cfg.data
     target = load_or_train_target(target_cfg, runs_dir)
@@ -71,38 +90,21 @@ def run_decompose(
     model = DecompositionModel(cfg.decomposition, site_shapes, rngs=nnx.Rngs(params=cfg.seed))
     graphdef, params = nnx.split(model)
     target_graphdef, target_state = nnx.split(target)
-    params = jax.device_put(params, plan.decomposition_shardings(params, cfg.decomposition.C))
-    target_state = jax.device_put(target_state, plan.target_shardings(target_state))
-
     objective = Objective.from_terms(cfg.losses)
     steps = cfg.train.steps
     optimizer = make_optimizer(cfg.train.optimizer, steps)
-
-    run_dir = runs_dir / cfg.run_name
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-        )
-
     warm = cfg.train.faithfulness_warmup
-    if warm.steps > 0:
-        warmup = jax.jit(make_faithfulness_warmup(graphdef, target_graphdef, warm.lr, warm.weight_decay, warm.steps))
-        params, faith = warmup(params, target_state)
-        if show_progress and is_main_process():
-            print(f"faithfulness warmup: {warm.steps} steps, faithfulness {float(faith):.3e}")
-
-    state = jax.jit(lambda p: init_state(p, optimizer, jax.random.key(cfg.seed)))(params)
-    state_shardings = jax.tree.map(lambda a: a.sharding, state)
-    target_shardings = jax.tree.map(lambda a: a.sharding, target_state)
-    n_features = target.n_features
-    batch_sharding = plan.batch(2)
-    train_step = jax.jit(
-        make_train_step(objective, graphdef, target_graphdef, optimizer, steps),
-        in_shardings=(state_shardings, target_shardings, batch_sharding),
-        out_shardings=(state_shardings, plan.replicated()),
-        donate_argnums=(0,),
+    warmup = (
+        make_faithfulness_warmup(graphdef, target_graphdef, warm.lr, warm.weight_decay, warm.steps)
+        if warm.steps > 0
+        else None
     )
+    compiled = place_and_jit(
+        objective, graphdef, target_graphdef, params, target_state, optimizer, steps, plan,
+        cfg.decomposition.C, 2, jax.random.key(cfg.seed), warmup,
+    )
+    n_features = target.n_features
+    batch_sharding = compiled.batch_sharding
     data_key = jax.random.key(cfg.seed + 1)
     sample = jax.jit(
         lambda step: sample_sparse_features(
@@ -110,13 +112,33 @@ def run_decompose(
         ),
         out_shardings=batch_sharding,
     )
+    return Session(
+        cfg, objective, graphdef, target_graphdef, compiled.target_state, compiled.state, compiled.train_step,
+        sample, plan, data_cfg, runs_dir / cfg.run_name,
+    )
 
+
+def run_decompose(
+    cfg: DecomposeConfig, config_path: str, runs_dir: Path = RUNS_DIR, show_progress: bool = True
+) -> dict[str, Any]:
+    """Train a decomposition as configured; returns the evaluation dict (also written to disk)."""
+    session = build_session(cfg, config_path, runs_dir, show_progress)
+    run_dir, steps, state = session.run_dir, cfg.train.steps, session.state
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     metrics_path = run_dir / "metrics.jsonl"
     metrics_file = metrics_path.open("w") if is_main_process() else None
     bar = tqdm(total=steps, disable=not (show_progress and is_main_process()), file=sys.stdout)
     try:
+        in_flight: dict[str, jax.Array] | None = None
         for step in range(steps):
-            state, metrics = train_step(state, target_state, sample(step))
+            state, metrics = session.train_step(state, session.target_state, session.sample(step))
+            if in_flight is not None:
+                # At most one step queued: XLA:CPU's multi-device collectives can deadlock when
+                # many executions are queued (seen with jax 0.10.2); the cost is negligible.
+                jax.block_until_ready(in_flight)
+            in_flight = metrics
             last = step == steps - 1
             if (step + 1) % cfg.train.log_every == 0 or last:
                 host = jax.device_get(metrics)
@@ -140,7 +162,10 @@ def run_decompose(
         if metrics_file is not None:
             metrics_file.close()
     save_pytree(run_dir / "checkpoints", steps, state, cfg.checkpointing.keep)
-    return finish_run(cfg, objective, graphdef, state, target_graphdef, target_state, data_cfg, run_dir, show_progress)
+    return finish_run(
+        cfg, session.objective, session.graphdef, state, session.target_graphdef, session.target_state,
+        session.data_cfg, run_dir, show_progress,
+    )
 
 
 def finish_run(

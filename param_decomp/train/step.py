@@ -8,15 +8,18 @@ frozen target weights, the batch) is an argument, so nothing large is baked in a
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx, struct
+from jax.sharding import NamedSharding
 from jaxtyping import Array
 
 from param_decomp.objective import Objective
+from param_decomp.sharding.plan import PlacementPlan
 
 
 @struct.dataclass
@@ -56,7 +59,7 @@ def objective_loss(
     """Total loss and metrics for one batch; the function the step differentiates."""
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
-    sources = objective.draw_sources(key, batch.shape[:-1], model.site_names, model.C)
+    sources = objective.draw_sources(key, target.batch_shape(batch), model.site_names, model.C)
     ctx = objective.context(target, model, batch, sources, progress)
     return objective.evaluate(ctx)
 
@@ -85,7 +88,7 @@ def make_train_step(
             (state.first_nonfinite_step < 0) & ~finite, state.step, state.first_nonfinite_step
         )
         metrics = dict(metrics)
-        metrics["train/grad_norm"] = optax.global_norm(grads)
+        metrics["train/grad_norm"] = optax.tree.norm(grads)
         new_state = DecompState(params, opt_state, state.step + 1, state.key, first_bad)
         return new_state, metrics
 
@@ -121,3 +124,45 @@ def make_faithfulness_warmup(
         return nnx.merge_state(comps, rest), loss(comps)
 
     return run
+
+
+@dataclass
+class CompiledStep:
+    """A placed initial state and the step jitted with the placement plan's shardings."""
+
+    state: DecompState
+    target_state: nnx.State
+    train_step: StepFn
+    batch_sharding: NamedSharding
+
+
+def place_and_jit(
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    target_graphdef: nnx.GraphDef,
+    params: nnx.State,
+    target_state: nnx.State,
+    optimizer: optax.GradientTransformation,
+    total_steps: int,
+    plan: PlacementPlan,
+    C: int,
+    batch_ndim: int,
+    key: Array,
+    warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
+) -> CompiledStep:
+    """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
+    params = jax.device_put(params, plan.decomposition_shardings(params, C))
+    target_state = jax.device_put(target_state, plan.target_shardings(target_state))
+    if warmup is not None:
+        params, _ = jax.jit(warmup)(params, target_state)
+    state = jax.jit(lambda p: init_state(p, optimizer, key))(params)
+    state_shardings = jax.tree.map(lambda a: a.sharding, state)
+    target_shardings = jax.tree.map(lambda a: a.sharding, target_state)
+    batch_sharding = plan.batch(batch_ndim)
+    train_step = jax.jit(
+        make_train_step(objective, graphdef, target_graphdef, optimizer, total_steps),
+        in_shardings=(state_shardings, target_shardings, batch_sharding),
+        out_shardings=(state_shardings, plan.replicated()),
+        donate_argnums=(0,),
+    )
+    return CompiledStep(state, target_state, train_step, batch_sharding)
