@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx, struct
 from jax.sharding import NamedSharding
@@ -151,8 +152,9 @@ def place_and_jit(
     warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
-    params = jax.device_put(params, plan.decomposition_shardings(params, C))
-    target_state = jax.device_put(target_state, plan.target_shardings(target_state))
+    # from host copies: identical on every process, so this also places multi-process arrays
+    params = jax.device_put(jax.tree.map(np.asarray, params), plan.decomposition_shardings(params, C))
+    target_state = jax.device_put(jax.tree.map(np.asarray, target_state), plan.target_shardings(target_state))
     if warmup is not None:
         params, _ = jax.jit(warmup)(params, target_state)
     state = jax.jit(lambda p: init_state(p, optimizer, key))(params)

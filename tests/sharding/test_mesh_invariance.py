@@ -10,86 +10,27 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import nnx
 from jax.sharding import PartitionSpec as P
+from trajectory_problem import MESHES, build_run, lm_problem, toy_problem
 
-from param_decomp.config.schema import Decomposition, LlamaModel, Mesh, SparseFeatureData, TMSModel
-from param_decomp.data.sparse_features import sample_sparse_features
-from param_decomp.decomposition.model import DecompositionModel
-from param_decomp.losses.faithfulness import Faithfulness
-from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality, PNormPsi, component_means, frequency
-from param_decomp.losses.lm_terms import MaskedCrossEntropy
-from param_decomp.losses.reconstruction import StochasticRecon, StochasticReconLayerwise, StochasticReconSubset
-from param_decomp.objective import Objective
+from param_decomp.config.schema import Mesh
+from param_decomp.losses.importance import PNormPsi, component_means, frequency
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.llama import Llama
-from param_decomp.targets.tms import TMS
-from param_decomp.train.step import place_and_jit
 
-MESHES = {
-    "single": (Mesh(data=1), 1),
-    "data4": (Mesh(data=4), 4),
-    "data2_tensor2": (Mesh(data=2, tensor=2), 4),
-    "fsdp4": (Mesh(data=1, fsdp=4, shard_target_weights=True), 4),
-}
-N_STEPS = 5
 REL = 1e-5
 
 
-def _toy_problem() -> tuple:
-    target = TMS(TMSModel(type="tms", n_features=8, n_hidden=4, n_hidden_layers=1), rngs=nnx.Rngs(0))
-    shapes = {k: tuple(v.shape) for k, v in target.site_weights().items()}
-    cfg = Decomposition(C=8, sites=list(shapes), ci_function={"type": "per_component_mlp", "hidden": [8]})
-    data = SparseFeatureData(feature_probability=0.2)
-    batches = [sample_sparse_features(jax.random.key(100 + i), 16, 8, data) for i in range(N_STEPS)]
-    terms = (
-        Faithfulness(coeff=1.0),
-        ImportanceMinimality(coeff=1e-2, pnorm=1.0, p_anneal_final_p=0.5,
-                             frequency=FrequencyBlock(coeff=1e-3, reference_token_count=512)),
-        StochasticRecon(coeff=1.0),
-        StochasticReconLayerwise(coeff=1.0),
-        StochasticReconSubset(coeff=1.0, source="binomial"),
-    )
-    return target, cfg, shapes, batches, terms
-
-
-def _lm_problem() -> tuple:
-    target = Llama(LlamaModel(type="llama", vocab_size=16, d_model=8, n_heads=2, d_mlp=16), rngs=nnx.Rngs(0))
-    sites = ["layers.0.mlp.up", "layers.0.mlp.down", "layers.0.attn.q"]
-    shapes = {k: tuple(v.shape) for k, v in target.site_weights().items() if k in sites}
-    cfg = Decomposition(C=8, sites=sites, ci_function={"type": "global_mlp", "hidden": [8]})
-    batches = [jax.random.randint(jax.random.key(200 + i), (8, 6), 0, 16) for i in range(N_STEPS)]
-    terms = (
-        Faithfulness(coeff=1.0),
-        ImportanceMinimality(coeff=1e-2, pnorm=2.0, frequency=FrequencyBlock(coeff=1e-3, reference_token_count=256)),
-        StochasticRecon(coeff=1.0, distance="kl"),
-        StochasticReconLayerwise(coeff=1.0, distance="kl"),
-        MaskedCrossEntropy(coeff=0.5, routing="ci", delta_component=False),
-    )
-    return target, cfg, shapes, batches, terms
-
-
-def _trajectory(problem: tuple, mesh_cfg: Mesh, n_devices: int) -> tuple[list[dict], dict]:
-    target, cfg, shapes, batches, terms = problem
-    mesh = build_mesh(mesh_cfg, jax.devices()[:n_devices])
-    plan = PlacementPlan(mesh, mesh_cfg.shard_target_weights)
-    model = DecompositionModel(cfg, shapes, rngs=nnx.Rngs(1))
-    graphdef, params = nnx.split(model)
-    target_graphdef, target_state = nnx.split(target)
-    objective = Objective.from_terms(terms)
-    compiled = place_and_jit(
-        objective, graphdef, target_graphdef, params, target_state, optax.adamw(1e-2), N_STEPS, plan,
-        cfg.C, batches[0].ndim, jax.random.key(7),
-    )
+def trajectory(problem: tuple, mesh_cfg: Mesh, n_devices: int) -> tuple[list[dict], dict]:
+    """Per-step metrics and final params of N_STEPS steps on a mesh over the first n devices."""
+    compiled, batches = build_run(problem, mesh_cfg, jax.devices()[:n_devices])
     state, history = compiled.state, []
     for batch in batches:
         state, metrics = compiled.train_step(state, compiled.target_state, jax.device_put(batch, compiled.batch_sharding))
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
-    final = jax.tree.map(np.asarray, jax.device_get(state.params))
-    return history, nnx.to_pure_dict(final)
+    return history, nnx.to_pure_dict(jax.tree.map(np.asarray, jax.device_get(state.params)))
 
 
 def _worst_rel(a: object, b: object) -> float:
@@ -104,14 +45,14 @@ def _worst_rel(a: object, b: object) -> float:
 
 @pytest.fixture(scope="module", params=["toy", "lm"])
 def problem_and_reference(request: pytest.FixtureRequest) -> tuple:
-    problem = _toy_problem() if request.param == "toy" else _lm_problem()
-    return problem, _trajectory(problem, *MESHES["single"])
+    problem = toy_problem() if request.param == "toy" else lm_problem()
+    return problem, trajectory(problem, *MESHES["single"])
 
 
 @pytest.mark.parametrize("mesh_name", ["data4", "data2_tensor2", "fsdp4"])
 def test_s13_3_trajectory_is_mesh_invariant(problem_and_reference: tuple, mesh_name: str) -> None:
     problem, (ref_history, ref_params) = problem_and_reference
-    history, params = _trajectory(problem, *MESHES[mesh_name])
+    history, params = trajectory(problem, *MESHES[mesh_name])
     assert set(history[0]) == set(ref_history[0])
     assert "train/loss/frequency" in history[0]
     loss_rel = _worst_rel(history, ref_history)

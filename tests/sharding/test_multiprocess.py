@@ -1,0 +1,61 @@
+"""Issue 5 acceptance 2: two real processes x 2 CPU devices form one 4-device mesh (gloo) and
+reproduce the single-process 4-device trajectory to rel <= 1e-5."""
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_mesh_invariance import REL, _worst_rel, trajectory
+from trajectory_problem import MESHES, toy_problem
+
+WORKER = Path(__file__).with_name("multiprocess_worker.py")
+TIMEOUT_S = 240
+
+
+def _as_arrays(tree: object) -> object:
+    """JSON lists and numpy leaves alike, under string keys, so both sides flatten the same."""
+    if isinstance(tree, dict):
+        return {str(k): _as_arrays(v) for k, v in tree.items()}
+    return np.asarray(tree, np.float64)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mesh_name", ["data4", "data2_tensor2"])
+def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_name: str) -> None:
+    out = tmp_path / "trajectory.json"
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), mesh_name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
+    got = json.loads(out.read_text())
+    assert got["devices"] == 4
+    ref_history, ref_params = trajectory(toy_problem(), *MESHES[mesh_name])
+    loss_rel = _worst_rel(got["history"], ref_history)
+    param_rel = _worst_rel(_as_arrays(got["params"]), _as_arrays(ref_params))
+    print(f"2 processes, {mesh_name}: worst rel err losses {loss_rel:.2e}, params {param_rel:.2e}")
+    assert loss_rel <= REL and param_rel <= REL, (loss_rel, param_rel)
