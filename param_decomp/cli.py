@@ -34,18 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="param-decomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train-target", help="train a toy target model and cache it under runs/targets/")
+    p = sub.add_parser(
+        "train-target", help="train a toy target model and cache it under runs/targets/"
+    )
     p.add_argument("config", help="target YAML, e.g. configs/targets/tms_5-2.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
 
-    p = sub.add_parser("decompose", help="decompose a target's weights (trains the target if missing)")
+    p = sub.add_parser(
+        "decompose", help="decompose a target's weights (trains the target if missing)"
+    )
     p.add_argument("config", help="decomposition YAML, e.g. configs/tms_5-2.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--steps", type=int, help="override train.steps (quick looks)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar or table")
     _add_distributed_args(p)
 
-    p = sub.add_parser("check-goldens", help="evaluate every golden case in DIR with this project's code")
+    p = sub.add_parser(
+        "check-goldens", help="evaluate every golden case in DIR with this project's code"
+    )
     p.add_argument("dir", help="folder of golden *.json files (e.g. ../shared/goldens)")
     return parser
 
@@ -64,7 +70,9 @@ def _run(args: argparse.Namespace) -> int:
 
         cfg = load_decompose_config(args.config)
         if args.steps is not None:
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"steps": args.steps})})
+            cfg = cfg.model_copy(
+                update={"train": cfg.train.model_copy(update={"steps": args.steps})}
+            )
         try:
             run_decompose(cfg, args.config, Path(args.runs_dir), show_progress=not args.no_progress)
         except NonFiniteLossError as err:

@@ -40,9 +40,12 @@ class Objective:
         plans = tuple(dict.fromkeys(t.needs().plan for t in terms if t.needs().plan is not None))
         return cls(terms, psi_specs, plans)
 
-    def draw_sources(self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int) -> PlanSources:
+    def draw_sources(
+        self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
+    ) -> PlanSources:
         keys = jax.random.split(key, max(len(self.plans), 1))
-        return {p: draw_plan_sources(p, k, batch_shape, sites, C) for p, k in zip(self.plans, keys)}
+        pairs = zip(self.plans, keys, strict=False)
+        return {p: draw_plan_sources(p, k, batch_shape, sites, C) for p, k in pairs}
 
     def context_from_ci(
         self,
@@ -58,23 +61,31 @@ class Objective:
     ) -> StepContext:
         """The shared quantities downstream of the CI: per-component means and masked forwards."""
         sites = tuple(VU)
-        ctx = StepContext(x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32))
+        ctx = StepContext(
+            x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32)
+        )
         for psi in self.psi_specs:
             with jax.named_scope("component_means"):
-                ctx.component_means[psi] = {s: component_means(psi(ci_upper[s], ctx.progress)) for s in sites}
+                ctx.component_means[psi] = {
+                    s: component_means(psi(ci_upper[s], ctx.progress)) for s in sites
+                }
         for plan in self.plans:
             outputs = []
             for sample in sources[plan]:
                 row = []
                 for i, fwd in enumerate(sample):
-                    site_fn = masked_site_fn(live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta)
+                    site_fn = masked_site_fn(
+                        live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta
+                    )
                     with jax.named_scope("masked_forward"):
                         row.append(target(x, site_fn))
                 outputs.append(row)
             ctx.recon_outputs[plan] = outputs
         return ctx
 
-    def context(self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array) -> StepContext:
+    def context(
+        self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array
+    ) -> StepContext:
         """Full fused pass from the batch: clean forward, CI, then `context_from_ci`."""
         site_inputs: dict[str, Array] = {}
         with jax.named_scope("clean_forward"):
@@ -86,7 +97,9 @@ class Objective:
         VU = decomposition.all_VU()
         with jax.named_scope("ci_function"):
             ci_lower, ci_upper = decomposition.causal_importances(inputs, VU)
-        return self.context_from_ci(target, x, clean, weights, VU, ci_lower, ci_upper, sources, progress)
+        return self.context_from_ci(
+            target, x, clean, weights, VU, ci_lower, ci_upper, sources, progress
+        )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:
         """total = sum of every term's weighted value; metrics under stable keys."""

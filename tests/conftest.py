@@ -1,4 +1,4 @@
-"""Test configuration: 4 simulated CPU devices so every sharding path runs (set before jax loads)."""
+"""Test configuration: 4 simulated CPU devices, so every sharding path runs (set before jax)."""
 
 import os
 from pathlib import Path

@@ -15,7 +15,9 @@ def _cases() -> list:
     out = []
     for path in GOLDEN_FILES:
         data = json.loads(path.read_text())
-        out += [pytest.param(data["family"], c, id=f"{path.stem}:{c['name']}") for c in data["cases"]]
+        out += [
+            pytest.param(data["family"], c, id=f"{path.stem}:{c['name']}") for c in data["cases"]
+        ]
     return out
 
 

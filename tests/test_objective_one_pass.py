@@ -41,7 +41,9 @@ def _setup(terms: tuple) -> tuple:
 
 def test_s9_2_each_shared_quantity_is_computed_once(monkeypatch) -> None:  # noqa: ANN001
     counts: Counter = Counter()
-    imp = ImportanceMinimality(coeff=1.0, pnorm=2.0, frequency=FrequencyBlock(coeff=0.1, reference_token_count=64))
+    imp = ImportanceMinimality(
+        coeff=1.0, pnorm=2.0, frequency=FrequencyBlock(coeff=0.1, reference_token_count=64)
+    )
     terms = (
         Faithfulness(coeff=1.0),
         imp,

@@ -30,6 +30,8 @@ def sample_sparse_features(
     return jnp.where(present, values, 0.0).astype(jnp.float32)
 
 
-def one_feature_inputs(n_features: int, value: float = 1.0) -> Float[Array, "n_features n_features"]:
+def one_feature_inputs(
+    n_features: int, value: float = 1.0
+) -> Float[Array, "n_features n_features"]:
     """Row i has only feature i set to `value`: the eval inputs for the per-feature CI matrix."""
     return value * jnp.eye(n_features, dtype=jnp.float32)

@@ -27,7 +27,10 @@ class PerComponentMLP(nnx.Module):
     def __init__(self, C: int, hidden: list[int], *, rngs: nnx.Rngs):
         widths = [1, *hidden, 1]
         self.weights = nnx.List(
-            [nnx.Param(_normal(rngs, (C, a, b), a, RELU_GAIN)) for a, b in zip(widths[:-1], widths[1:])]
+            [
+                nnx.Param(_normal(rngs, (C, a, b), a, RELU_GAIN))
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            ]
         )
         self.biases = nnx.List([nnx.Param(jnp.zeros((C, b), jnp.float32)) for b in widths[1:]])
 
@@ -53,7 +56,10 @@ class VectorMLP(nnx.Module):
     def __init__(self, d_in: int, hidden: list[int], d_out: int, *, rngs: nnx.Rngs):
         widths = [d_in, *hidden, d_out]
         self.weights = nnx.List(
-            [nnx.Param(_normal(rngs, (a, b), a, RELU_GAIN)) for a, b in zip(widths[:-1], widths[1:])]
+            [
+                nnx.Param(_normal(rngs, (a, b), a, RELU_GAIN))
+                for a, b in zip(widths[:-1], widths[1:], strict=True)
+            ]
         )
         self.biases = nnx.List([nnx.Param(jnp.zeros((b,), jnp.float32)) for b in widths[1:]])
 

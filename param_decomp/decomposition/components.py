@@ -15,9 +15,7 @@ def component_acts(x: Float[Array, "*b d_in"], V: Float[Array, "d_in C"]) -> Flo
     return x @ V
 
 
-def stochastic_mask(
-    ci: Float[Array, "*b C"], source: Float[Array, "*b C"]
-) -> Float[Array, "*b C"]:
+def stochastic_mask(ci: Float[Array, "*b C"], source: Float[Array, "*b C"]) -> Float[Array, "*b C"]:
     """mask = ci + (1 - ci) * source (S2.1): ci = 1 keeps a component, ci = 0 leaves it random."""
     return ci + (1.0 - ci) * source
 

@@ -30,7 +30,9 @@ class Components(nnx.Module):
 class DecompositionModel(nnx.Module):
     """Components of every decomposed site and their causal-importance function."""
 
-    def __init__(self, cfg: Decomposition, site_shapes: dict[str, tuple[int, int]], *, rngs: nnx.Rngs):
+    def __init__(
+        self, cfg: Decomposition, site_shapes: dict[str, tuple[int, int]], *, rngs: nnx.Rngs
+    ):
         self.site_names = tuple(cfg.sites)
         self.tied_sites = tuple(sorted(cfg.tied_sites.items()))
         self.ci_kind = cfg.ci_function.type
@@ -38,21 +40,29 @@ class DecompositionModel(nnx.Module):
         self.leaky_alpha = cfg.leaky_alpha
         owned = [s for s in cfg.sites if s not in cfg.tied_sites]
         self.components = nnx.Dict(
-            {s.replace(".", "_"): Components(*site_shapes[s], cfg.C, cfg.init_scale, rngs=rngs) for s in owned}
+            {
+                s.replace(".", "_"): Components(*site_shapes[s], cfg.C, cfg.init_scale, rngs=rngs)
+                for s in owned
+            }
         )
         kind, hidden = cfg.ci_function.type, cfg.ci_function.hidden
         if kind == "per_component_mlp":
-            self.ci_fns = nnx.Dict({s.replace(".", "_"): PerComponentMLP(cfg.C, hidden, rngs=rngs) for s in cfg.sites})
+            self.ci_fns = nnx.Dict(
+                {s.replace(".", "_"): PerComponentMLP(cfg.C, hidden, rngs=rngs) for s in cfg.sites}
+            )
         elif kind == "per_site_mlp":
             self.ci_fns = nnx.Dict(
-                {s.replace(".", "_"): VectorMLP(site_shapes[s][0], hidden, cfg.C, rngs=rngs) for s in cfg.sites}
+                {
+                    s.replace(".", "_"): VectorMLP(site_shapes[s][0], hidden, cfg.C, rngs=rngs)
+                    for s in cfg.sites
+                }
             )
         else:
             d_total = sum(site_shapes[s][0] for s in cfg.sites)
             self.global_ci = VectorMLP(d_total, hidden, cfg.C * len(cfg.sites), rngs=rngs)
 
     def site_VU(self, site: str) -> tuple[Float[Array, "d_in C"], Float[Array, "C d_out"]]:
-        """V, U of `site`; a tied site reuses its source's transposed factors (V2 = U1^T, U2 = V1^T)."""
+        """V, U of `site`; a tied site reuses its source's factors transposed (S1.3)."""
         source = dict(self.tied_sites).get(site)
         if source is not None:
             comp = self.components[source.replace(".", "_")]

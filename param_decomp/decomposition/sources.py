@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, PRNGKeyArray
 
-
 Forward = dict[str, Any]
 
 Routing = Literal["all", "each", "subset", "ci"]
@@ -38,19 +37,21 @@ class ReconPlan:
     delta: bool = True
 
 
-
-
 def _source(key: PRNGKeyArray, kind: str, shape: tuple[int, ...]) -> Array:
     if kind == "binomial":
         return jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32)
     return jax.random.uniform(key, shape, jnp.float32)
 
 
-def uniform_k_routing(key: PRNGKeyArray, batch_shape: tuple[int, ...], n_sites: int) -> Bool[Array, "*b n_sites"]:
+def uniform_k_routing(
+    key: PRNGKeyArray, batch_shape: tuple[int, ...], n_sites: int
+) -> Bool[Array, "*b n_sites"]:
     """Per position: k ~ U{1..n_sites}, then a uniform k-subset of sites is routed (S6.3)."""
     k_key, perm_key = jax.random.split(key)
     k = jax.random.randint(k_key, batch_shape, 1, n_sites + 1)
-    ranks = jnp.argsort(jnp.argsort(jax.random.uniform(perm_key, (*batch_shape, n_sites)), axis=-1), axis=-1)
+    ranks = jnp.argsort(
+        jnp.argsort(jax.random.uniform(perm_key, (*batch_shape, n_sites)), axis=-1), axis=-1
+    )
     return ranks < k[..., None]
 
 
@@ -70,8 +71,12 @@ def draw_plan_sources(
                     fwd["mask_source"][s] = jnp.zeros((*batch_shape, C), jnp.float32)
                     fwd["delta_source"][s] = jnp.zeros(batch_shape, jnp.float32)
                 else:
-                    fwd["mask_source"][s] = _source(site_keys[2 * i], plan.source, (*batch_shape, C))
-                    fwd["delta_source"][s] = jax.random.uniform(site_keys[2 * i + 1], batch_shape, jnp.float32)
+                    fwd["mask_source"][s] = _source(
+                        site_keys[2 * i], plan.source, (*batch_shape, C)
+                    )
+                    fwd["delta_source"][s] = jax.random.uniform(
+                        site_keys[2 * i + 1], batch_shape, jnp.float32
+                    )
             if plan.routing == "subset":
                 routed = uniform_k_routing(site_keys[-1], batch_shape, len(sites))
                 fwd["routed"] = {s: routed[..., i] for i, s in enumerate(sites)}

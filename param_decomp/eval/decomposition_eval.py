@@ -38,13 +38,20 @@ def evaluate_decomposition(
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
     n_features = target.n_features
-    one_hot_ci = jax.jit(lambda x: causal_importance_on(model, target, x))(one_feature_inputs(n_features))
+    one_hot_ci = jax.jit(lambda x: causal_importance_on(model, target, x))(
+        one_feature_inputs(n_features)
+    )
     eval_key = jax.random.key(cfg.seed + 10_000)
     loss_fn = jax.jit(
-        lambda x, k: objective_loss(objective, graphdef, target_graphdef, params, target_state, x, k, jnp.ones(()))
+        lambda x, k: objective_loss(
+            objective, graphdef, target_graphdef, params, target_state, x, k, jnp.ones(())
+        )
     )
     ci_fn = jax.jit(lambda x: causal_importance_on(model, target, x))
-    alive = {s: np.asarray(alive_components(np.asarray(c), cfg.eval.ci_alive_threshold)) for s, c in one_hot_ci.items()}
+    alive = {
+        s: np.asarray(alive_components(np.asarray(c), cfg.eval.ci_alive_threshold))
+        for s, c in one_hot_ci.items()
+    }
     sums: dict[str, float] = {}
     for i in range(cfg.eval.n_batches):
         k_data, k_mask = jax.random.split(jax.random.fold_in(eval_key, i))

@@ -52,5 +52,3 @@ def faithfulness_family(case: Case) -> list[Comparison]:
     loss, grads = jax.value_and_grad(lambda vu: faithfulness_loss(weights, vu))(VU)
     got = {"loss": loss, "grad": {s: {"V": g[0], "U": g[1]} for s, g in grads.items()}}
     return compare_tree("", got, case["expected"])
-
-

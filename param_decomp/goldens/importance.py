@@ -6,7 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from param_decomp.goldens.registry import Case, Comparison, as_array, compare_tree, register_family
-from param_decomp.losses.importance import PNormPsi, SmoothL0Psi, activity, component_means, frequency
+from param_decomp.losses.importance import (
+    PNormPsi,
+    SmoothL0Psi,
+    activity,
+    component_means,
+    frequency,
+)
 
 
 def _ci(case: Case) -> dict[str, jax.Array]:
@@ -17,8 +23,10 @@ def _means(psi: object, ci: dict[str, jax.Array], progress: float) -> dict[str, 
     return {s: component_means(psi(c, jnp.asarray(progress, jnp.float32))) for s, c in ci.items()}
 
 
-def migrated_legacy_loss(ci: dict[str, jax.Array], psi: PNormPsi, progress: float, beta: float, bt: float) -> jax.Array:
-    """The legacy rolled value through the migration: coeff 1 on lp, beta on freq at a' = B*T (S8.4)."""
+def migrated_legacy_loss(
+    ci: dict[str, jax.Array], psi: PNormPsi, progress: float, beta: float, bt: float
+) -> jax.Array:
+    """Legacy rolled value via the migration: lp + beta * freq at a' = B*T (S8.4)."""
     f = _means(psi, ci, progress)
     return activity(f) + beta * frequency(f, bt)
 
@@ -29,7 +37,11 @@ def imp_min(case: Case) -> list[Comparison]:
     ci = _ci(case)
     p_final = None if i["p_final"] is None else float(i["p_final"])
     psi = PNormPsi(float(i["p_start"]), p_final, 0.0, 1.0, float(i["eps"]))
-    frac, beta, bt = float(i["frac_of_training"]), float(i["beta"]), float(i["global_batch_positions"])
+    frac, beta, bt = (
+        float(i["frac_of_training"]),
+        float(i["beta"]),
+        float(i["global_batch_positions"]),
+    )
     loss, grad = jax.value_and_grad(lambda c: migrated_legacy_loss(c, psi, frac, beta, bt))(ci)
     got = {"loss": loss, "effective_p": psi.p(jnp.asarray(frac)), "grad_ci_upper": grad}
     return compare_tree("", got, case["expected"])

@@ -23,7 +23,10 @@ def _target(case: Case) -> TMS:
     t = case["inputs"]["target"]
     W1 = f32(t["linear1.W_out_in"]).T
     n_features, n_hidden = W1.shape
-    model = TMS(TMSModel(type="tms", n_features=n_features, n_hidden=n_hidden, tied_weights=False), rngs=nnx.Rngs(0))
+    model = TMS(
+        TMSModel(type="tms", n_features=n_features, n_hidden=n_hidden, tied_weights=False),
+        rngs=nnx.Rngs(0),
+    )
     model.W1.value = W1
     model.W2.value = f32(t["linear2.W_out_in"]).T
     model.b_final.value = f32(t["linear2.bias"])
@@ -38,9 +41,13 @@ def tms_objective(case: Case) -> list[Comparison]:
     objective = Objective.from_terms(
         (
             Faithfulness(coeff=coeffs["faithfulness"]),
-            ImportanceMinimality(coeff=coeffs["importance_minimality"], pnorm=float(i["pnorm"]), eps=float(i["eps"])),
+            ImportanceMinimality(
+                coeff=coeffs["importance_minimality"], pnorm=float(i["pnorm"]), eps=float(i["eps"])
+            ),
             StochasticRecon(coeff=coeffs["stochastic_recon"], delta_component=delta),
-            StochasticReconLayerwise(coeff=coeffs["stochastic_recon_layerwise"], delta_component=delta),
+            StochasticReconLayerwise(
+                coeff=coeffs["stochastic_recon_layerwise"], delta_component=delta
+            ),
         )
     )
     target = _target(case)
@@ -66,9 +73,15 @@ def tms_objective(case: Case) -> list[Comparison]:
         VU = {s: (diff[s]["V"], diff[s]["U"]) for s in sites}
         ci_lower = {s: diff[s]["ci_lower"] for s in sites}
         ci_upper = {s: diff[s]["ci_upper"] for s in sites}
-        ctx = objective.context_from_ci(target, x, target(x), weights, VU, ci_lower, ci_upper, sources, 0.0)
+        ctx = objective.context_from_ci(
+            target, x, target(x), weights, VU, ci_lower, ci_upper, sources, 0.0
+        )
         total, metrics = objective.evaluate(ctx)
-        return total, {k.removeprefix("train/loss/"): v for k, v in metrics.items() if k.startswith("train/loss/")}
+        return total, {
+            k.removeprefix("train/loss/"): v
+            for k, v in metrics.items()
+            if k.startswith("train/loss/")
+        }
 
     diff = {s: {k: site[s][k] for k in ("V", "U", "ci_lower", "ci_upper")} for s in sites}
     (total, terms), grad = jax.value_and_grad(total_and_terms, has_aux=True)(diff)

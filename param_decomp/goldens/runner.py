@@ -41,12 +41,16 @@ def check_file(path: Path) -> list[CaseResult]:
     data = json.loads(path.read_text())
     family = data.get("family")
     if family not in FAMILIES:
-        return [CaseResult(str(family), path.name, float("nan"), False, f"family not understood: {family!r}")]
+        return [
+            CaseResult(
+                str(family), path.name, float("nan"), False, f"family not understood: {family!r}"
+            )
+        ]
     return [check_case(family, case) for case in data["cases"]]
 
 
 def check_goldens_dir(directory: Path) -> int:
-    """Print one line per case and a total; exit status 1 if anything failed or was not understood."""
+    """One line per case and a total; status 1 if anything failed or was not understood."""
     files = sorted(Path(directory).glob("*.json"))
     if not files:
         print(f"no golden *.json files in {directory}")

@@ -18,6 +18,7 @@ from param_decomp.decomposition.sources import ReconPlan
 
 TERM_CONFIG = ConfigDict(extra="forbid")
 
+
 class PsiSpec(Protocol):
     """A per-element importance penalty psi(ci_upper); hashable so equal specs share one pass."""
 

@@ -22,7 +22,9 @@ from param_decomp.losses.registry import register_term
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-def anneal(start: float, final: float | None, start_frac: float, end_frac: float, progress: Array) -> Array:
+def anneal(
+    start: float, final: float | None, start_frac: float, end_frac: float, progress: Array
+) -> Array:
     """Linear anneal from `start` to `final` over the training-fraction window (S7.2)."""
     if final is None:
         return jnp.asarray(start, jnp.float32)
@@ -43,7 +45,9 @@ def activity(f_by_site: dict[str, Float[Array, " C"]]) -> Float[Array, ""]:
     return sum(jnp.sum(f) for f in f_by_site.values())
 
 
-def frequency(f_by_site: dict[str, Float[Array, " C"]], reference_token_count: float) -> Float[Array, ""]:
+def frequency(
+    f_by_site: dict[str, Float[Array, " C"]], reference_token_count: float
+) -> Float[Array, ""]:
     """freq = sum_sites sum_c f_c log2(1 + a' f_c), per site, never pooled (S8.1, S8.3)."""
     return sum(jnp.sum(f * jnp.log2(1.0 + reference_token_count * f)) for f in f_by_site.values())
 
@@ -65,7 +69,9 @@ class PNormPsi:
     eps: float
 
     def p(self, progress: Array) -> Array:
-        return anneal(self.p_start, self.p_final, self.anneal_start_frac, self.anneal_end_frac, progress)
+        return anneal(
+            self.p_start, self.p_final, self.anneal_start_frac, self.anneal_end_frac, progress
+        )
 
     def __call__(self, ci_upper: Array, progress: Array) -> Array:
         return (ci_upper + self.eps) ** self.p(progress)
@@ -85,7 +91,13 @@ class SmoothL0Psi:
     normalize_at_one: bool
 
     def gamma(self, progress: Array) -> Array:
-        return anneal(self.gamma_start, self.gamma_final, self.anneal_start_frac, self.anneal_end_frac, progress)
+        return anneal(
+            self.gamma_start,
+            self.gamma_final,
+            self.anneal_start_frac,
+            self.anneal_end_frac,
+            progress,
+        )
 
     def __call__(self, ci_upper: Array, progress: Array) -> Array:
         g2 = self.gamma(progress) ** 2
@@ -97,7 +109,11 @@ class SmoothL0Psi:
 
 
 def _importance_result(
-    name: str, coeff: float, freq_block: FrequencyBlock | None, f_by_site: dict[str, Array], extra: dict
+    name: str,
+    coeff: float,
+    freq_block: FrequencyBlock | None,
+    f_by_site: dict[str, Array],
+    extra: dict,
 ) -> TermResult:
     lp = activity(f_by_site)
     parts = {name: lp}
@@ -154,7 +170,13 @@ class ImportanceMinimality:
         return _reject_legacy_beta(data)
 
     def psi(self) -> PNormPsi:
-        return PNormPsi(self.pnorm, self.p_anneal_final_p, self.p_anneal_start_frac, self.p_anneal_end_frac, self.eps)
+        return PNormPsi(
+            self.pnorm,
+            self.p_anneal_final_p,
+            self.p_anneal_start_frac,
+            self.p_anneal_end_frac,
+            self.eps,
+        )
 
     def needs(self) -> Needs:
         return Needs(psi=self.psi())
@@ -162,7 +184,11 @@ class ImportanceMinimality:
     def __call__(self, ctx: StepContext) -> TermResult:
         psi = self.psi()
         return _importance_result(
-            "importance_minimality", self.coeff, self.frequency, ctx.component_means[psi], psi.metrics(ctx.progress)
+            "importance_minimality",
+            self.coeff,
+            self.frequency,
+            ctx.component_means[psi],
+            psi.metrics(ctx.progress),
         )
 
 
@@ -187,7 +213,11 @@ class SmoothL0:
 
     def psi(self) -> SmoothL0Psi:
         return SmoothL0Psi(
-            self.gamma, self.gamma_final, self.gamma_anneal_start_frac, self.gamma_anneal_end_frac, self.normalize_at_one
+            self.gamma,
+            self.gamma_final,
+            self.gamma_anneal_start_frac,
+            self.gamma_anneal_end_frac,
+            self.normalize_at_one,
         )
 
     def needs(self) -> Needs:
@@ -195,6 +225,10 @@ class SmoothL0:
 
     def __call__(self, ctx: StepContext) -> TermResult:
         psi = self.psi()
-        return _importance_result("smooth_l0", self.coeff, self.frequency, ctx.component_means[psi], psi.metrics(ctx.progress))
-
-
+        return _importance_result(
+            "smooth_l0",
+            self.coeff,
+            self.frequency,
+            ctx.component_means[psi],
+            psi.metrics(ctx.progress),
+        )

@@ -43,7 +43,11 @@ class _MaskedLMTerm:
 
     def __call__(self, ctx: StepContext) -> TermResult:
         outputs = ctx.recon_outputs[self.plan()]
-        values = [self.objective(*next_token_pairs(out, ctx.batch)) for sample in outputs for out in sample]
+        values = [
+            self.objective(*next_token_pairs(out, ctx.batch))
+            for sample in outputs
+            for out in sample
+        ]
         value = jnp.mean(jnp.stack(values))
         return TermResult(self.coeff * value, {self.type: value})
 

@@ -14,7 +14,12 @@ from typing import Any
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-LOGICAL_TO_MESH: dict[str, Any] = {"batch": ("data", "fsdp"), "C": "tensor", "d_in": None, "d_out": None}
+LOGICAL_TO_MESH: dict[str, Any] = {
+    "batch": ("data", "fsdp"),
+    "C": "tensor",
+    "d_in": None,
+    "d_out": None,
+}
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,9 @@ class PlacementPlan:
     mesh: Mesh
     shard_site_dims: bool = False
 
-    def spec(self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> PartitionSpec:
+    def spec(
+        self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None
+    ) -> PartitionSpec:
         """Mesh axes per dim; a dim its mesh axes do not divide stays unsharded."""
         table = dict(LOGICAL_TO_MESH)
         if self.shard_site_dims:
@@ -39,7 +46,9 @@ class PlacementPlan:
             axes.append(mesh_axes)
         return PartitionSpec(*axes)
 
-    def sharding(self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None) -> NamedSharding:
+    def sharding(
+        self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None
+    ) -> NamedSharding:
         return NamedSharding(self.mesh, self.spec(logical, shape))
 
     def replicated(self) -> NamedSharding:
@@ -49,7 +58,7 @@ class PlacementPlan:
         return self.sharding(("batch",) + (None,) * (ndim - 1))
 
     def decomposition_shardings(self, params: Any, C: int) -> Any:
-        """V (d_in, C), U (C, d_out), per-component CI weights (C, ...): shard C; rest replicated."""
+        """Shard C of V, U and per-component CI weights (S13.2); replicate the rest."""
 
         def place(path: tuple, leaf: jax.Array) -> NamedSharding:
             names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]

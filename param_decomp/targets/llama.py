@@ -17,7 +17,9 @@ from param_decomp.targets.base import SiteFn, dense_site
 SITE_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 
 
-def rms_norm(x: Float[Array, "*b d"], scale: Float[Array, " d"], eps: float = 1e-6) -> Float[Array, "*b d"]:
+def rms_norm(
+    x: Float[Array, "*b d"], scale: Float[Array, " d"], eps: float = 1e-6
+) -> Float[Array, "*b d"]:
     var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(var + eps) * scale
 
@@ -43,10 +45,20 @@ class Llama(nnx.Module):
             return nnx.Param(jax.random.normal(rngs.params(), shape) / shape[0] ** 0.5)
 
         self.embed = nnx.Param(jax.random.normal(rngs.params(), (v, d)) * 0.02)
-        shapes = {"attn.q": (d, d), "attn.k": (d, d), "attn.v": (d, d), "attn.o": (d, d),
-                  "mlp.gate": (d, f), "mlp.up": (d, f), "mlp.down": (f, d)}
+        shapes = {
+            "attn.q": (d, d),
+            "attn.k": (d, d),
+            "attn.v": (d, d),
+            "attn.o": (d, d),
+            "mlp.gate": (d, f),
+            "mlp.up": (d, f),
+            "mlp.down": (f, d),
+        }
         self.layers = nnx.List(
-            [nnx.Dict({k.replace(".", "_"): w(s) for k, s in shapes.items()}) for _ in range(cfg.n_layers)]
+            [
+                nnx.Dict({k.replace(".", "_"): w(s) for k, s in shapes.items()})
+                for _ in range(cfg.n_layers)
+            ]
         )
         self.norms = nnx.List([nnx.Param(jnp.ones((2, d))) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.Param(jnp.ones((d,)))
@@ -62,7 +74,9 @@ class Llama(nnx.Module):
     def batch_shape(self, tokens: Int[Array, "b t"]) -> tuple[int, ...]:
         return tuple(tokens.shape)
 
-    def __call__(self, tokens: Int[Array, "b t"], site_fn: SiteFn = dense_site) -> Float[Array, "b t v"]:
+    def __call__(
+        self, tokens: Int[Array, "b t"], site_fn: SiteFn = dense_site
+    ) -> Float[Array, "b t v"]:
         weights = self.site_weights()
         x = self.embed[...][tokens]
         b, t, d = x.shape

@@ -25,13 +25,18 @@ class ResidMLP(nnx.Module):
         self.W_E = FrozenEmbedding(W_E / jnp.linalg.norm(W_E, axis=-1, keepdims=True))
         self.mlp_in = nnx.List(
             [
-                nnx.Param(jax.random.normal(rngs.params(), (cfg.d_embed, cfg.d_mlp)) * (2.0 / cfg.d_embed) ** 0.5)
+                nnx.Param(
+                    jax.random.normal(rngs.params(), (cfg.d_embed, cfg.d_mlp))
+                    * (2.0 / cfg.d_embed) ** 0.5
+                )
                 for _ in range(cfg.n_layers)
             ]
         )
         self.mlp_out = nnx.List(
             [
-                nnx.Param(jax.random.normal(rngs.params(), (cfg.d_mlp, cfg.d_embed)) / cfg.d_mlp**0.5)
+                nnx.Param(
+                    jax.random.normal(rngs.params(), (cfg.d_mlp, cfg.d_embed)) / cfg.d_mlp**0.5
+                )
                 for _ in range(cfg.n_layers)
             ]
         )
@@ -43,12 +48,16 @@ class ResidMLP(nnx.Module):
             weights[f"layers.{i}.mlp_out"] = w_out[...]
         return weights
 
-    def __call__(self, x: Float[Array, "*b f"], site_fn: SiteFn = dense_site) -> Float[Array, "*b f"]:
+    def __call__(
+        self, x: Float[Array, "*b f"], site_fn: SiteFn = dense_site
+    ) -> Float[Array, "*b f"]:
         weights = self.site_weights()
         W_E = self.W_E[...]
         resid = x @ W_E
         for i in range(len(self.mlp_in)):
-            hidden = jax.nn.relu(site_fn(f"layers.{i}.mlp_in", resid, weights[f"layers.{i}.mlp_in"]))
+            hidden = jax.nn.relu(
+                site_fn(f"layers.{i}.mlp_in", resid, weights[f"layers.{i}.mlp_in"])
+            )
             resid = resid + site_fn(f"layers.{i}.mlp_out", hidden, weights[f"layers.{i}.mlp_out"])
         return resid @ W_E.T
 

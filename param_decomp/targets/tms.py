@@ -12,22 +12,34 @@ from param_decomp.targets.base import SiteFn, dense_site
 
 
 class TMS(nnx.Module):
-    """out = ReLU(hidden(x @ W1) @ W2 + b), W2 = W1^T when tied; sites linear1, hidden_i, linear2."""
+    """out = ReLU(hidden(x @ W1) @ W2 + b); W2 = W1^T when tied. Sites: linear1, linear2, and
+    hidden_layers.i for the optional square hidden layers."""
 
     def __init__(self, cfg: TMSModel, *, rngs: nnx.Rngs):
         self.n_features = cfg.n_features
         self.tied = cfg.tied_weights
         fan = cfg.n_features
-        self.W1 = nnx.Param(jax.random.normal(rngs.params(), (cfg.n_features, cfg.n_hidden)) * (2.0 / fan) ** 0.5)
+        self.W1 = nnx.Param(
+            jax.random.normal(rngs.params(), (cfg.n_features, cfg.n_hidden)) * (2.0 / fan) ** 0.5
+        )
         self.hidden = nnx.List(
             [
-                nnx.Param(jax.random.normal(rngs.params(), (cfg.n_hidden, cfg.n_hidden)) / cfg.n_hidden**0.5)
+                nnx.Param(
+                    jax.random.normal(rngs.params(), (cfg.n_hidden, cfg.n_hidden))
+                    / cfg.n_hidden**0.5
+                )
                 for _ in range(cfg.n_hidden_layers)
             ]
         )
         if not cfg.tied_weights:
-            self.W2 = nnx.Param(jax.random.normal(rngs.params(), (cfg.n_hidden, cfg.n_features)) / cfg.n_hidden**0.5)
-        bias = jnp.zeros if cfg.init_bias_to_zero else (lambda s: 0.01 * jax.random.normal(rngs.params(), s))
+            self.W2 = nnx.Param(
+                jax.random.normal(rngs.params(), (cfg.n_hidden, cfg.n_features)) / cfg.n_hidden**0.5
+            )
+        bias = (
+            jnp.zeros
+            if cfg.init_bias_to_zero
+            else (lambda s: 0.01 * jax.random.normal(rngs.params(), s))
+        )
         self.b_final = nnx.Param(jnp.asarray(bias((cfg.n_features,)), jnp.float32))
 
     def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]:
@@ -38,7 +50,9 @@ class TMS(nnx.Module):
         weights["linear2"] = W1.T if self.tied else self.W2[...]
         return weights
 
-    def __call__(self, x: Float[Array, "*b f"], site_fn: SiteFn = dense_site) -> Float[Array, "*b f"]:
+    def __call__(
+        self, x: Float[Array, "*b f"], site_fn: SiteFn = dense_site
+    ) -> Float[Array, "*b f"]:
         weights = self.site_weights()
         h = site_fn("linear1", x, weights["linear1"])
         for i in range(len(self.hidden)):

@@ -38,7 +38,9 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
 
     def body(carry: tuple, step: jax.Array) -> tuple:
         p, opt = carry
-        x = sample_sparse_features(jax.random.fold_in(key, step), cfg.train.batch_size, n_features, cfg.data)
+        x = sample_sparse_features(
+            jax.random.fold_in(key, step), cfg.train.batch_size, n_features, cfg.data
+        )
         loss, grads = jax.value_and_grad(loss_fn)(p, x)
         updates, opt = optimizer.update(grads, opt, p)
         return (optax.apply_updates(p, updates), opt), loss
@@ -48,7 +50,9 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
     run_chunk = jax.jit(lambda carry, steps: jax.lax.scan(body, carry, steps))
     out_dir = target_dir(cfg, runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    (out_dir / "config.yaml").write_text(
+        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    )
     carry = (params, opt_state)
     with (out_dir / "metrics.jsonl").open("w") as metrics_file:
         for start in range(0, cfg.train.steps, chunk):
@@ -57,9 +61,12 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
             record = {"step": int(steps[-1]) + 1, "train/loss": float(losses[-1])}
             metrics_file.write(json.dumps(record) + "\n")
             if log:
-                print(f"target {cfg.run_name} step {record['step']:>6d} loss {record['train/loss']:.3e}")
+                step, loss = record["step"], record["train/loss"]
+                print(f"target {cfg.run_name} step {step:>6d} loss {loss:.3e}")
     params = carry[0]
-    save_pytree(out_dir / "checkpoint", cfg.train.steps, nnx.state(nnx.merge(graphdef, params, frozen)))
+    save_pytree(
+        out_dir / "checkpoint", cfg.train.steps, nnx.state(nnx.merge(graphdef, params, frozen))
+    )
     return nnx.merge(graphdef, params, frozen)
 
 

@@ -47,8 +47,17 @@ def _check_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: str
     if unknown:
         raise ConfigError(
             config_path,
-            [("decomposition.sites", f"unknown site(s) {unknown}; the target has {sorted(weights)}")],
+            [
+                (
+                    "decomposition.sites",
+                    f"unknown site(s) {unknown}; the target has {sorted(weights)}",
+                )
+            ],
         )
+
+
+def _as_floats(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def _first_bad_term(metrics: dict[str, Any]) -> str:
@@ -100,8 +109,18 @@ def build_session(
         else None
     )
     compiled = place_and_jit(
-        objective, graphdef, target_graphdef, params, target_state, optimizer, steps, plan,
-        cfg.decomposition.C, 2, jax.random.key(cfg.seed), warmup,
+        objective,
+        graphdef,
+        target_graphdef,
+        params,
+        target_state,
+        optimizer,
+        steps,
+        plan,
+        cfg.decomposition.C,
+        2,
+        jax.random.key(cfg.seed),
+        warmup,
     )
     n_features = target.n_features
     batch_sharding = compiled.batch_sharding
@@ -113,8 +132,17 @@ def build_session(
         out_shardings=batch_sharding,
     )
     return Session(
-        cfg, objective, graphdef, target_graphdef, compiled.target_state, compiled.state, compiled.train_step,
-        sample, plan, data_cfg, runs_dir / cfg.run_name,
+        cfg,
+        objective,
+        graphdef,
+        target_graphdef,
+        compiled.target_state,
+        compiled.state,
+        compiled.train_step,
+        sample,
+        plan,
+        data_cfg,
+        runs_dir / cfg.run_name,
     )
 
 
@@ -126,7 +154,9 @@ def run_decompose(
     run_dir, steps, state = session.run_dir, cfg.train.steps, session.state
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (run_dir / "config.yaml").write_text(
+            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+        )
     metrics_path = run_dir / "metrics.jsonl"
     metrics_file = metrics_path.open("w") if is_main_process() else None
     bar = tqdm(total=steps, disable=not (show_progress and is_main_process()), file=sys.stdout)
@@ -146,13 +176,15 @@ def run_decompose(
                 if bad_step >= 0:
                     raise NonFiniteLossError(
                         f"non-finite loss at step {bad_step}: {_first_bad_term(host)} "
-                        f"(metrics of step {step}: {json.dumps({k: float(v) for k, v in host.items()})})"
+                        f"(metrics at step {step}: {json.dumps(_as_floats(host))})"
                     )
-                record = {"step": step + 1, **{k: float(v) for k, v in host.items()}}
+                record = {"step": step + 1, **_as_floats(host)}
                 if metrics_file is not None:
                     metrics_file.write(json.dumps(record) + "\n")
                     metrics_file.flush()
-                bar.set_postfix({k.split("/")[-1]: f"{record[k]:.2e}" for k in PROGRESS_KEYS if k in record})
+                bar.set_postfix(
+                    {k.split("/")[-1]: f"{record[k]:.2e}" for k in PROGRESS_KEYS if k in record}
+                )
                 bar.update(step + 1 - bar.n)
             every = cfg.checkpointing.every
             if every and (step + 1) % every == 0 and not last:
@@ -163,8 +195,15 @@ def run_decompose(
             metrics_file.close()
     save_pytree(run_dir / "checkpoints", steps, state, cfg.checkpointing.keep)
     return finish_run(
-        cfg, session.objective, session.graphdef, state, session.target_graphdef, session.target_state,
-        session.data_cfg, run_dir, show_progress,
+        cfg,
+        session.objective,
+        session.graphdef,
+        state,
+        session.target_graphdef,
+        session.target_state,
+        session.data_cfg,
+        run_dir,
+        show_progress,
     )
 
 
@@ -180,7 +219,9 @@ def finish_run(
     show_progress: bool,
 ) -> dict[str, Any]:
     """Evaluate, print the summary table, write eval.json and the figures (process 0 only)."""
-    result = evaluate_decomposition(cfg, objective, graphdef, state.params, target_graphdef, target_state, data_cfg)
+    result = evaluate_decomposition(
+        cfg, objective, graphdef, state.params, target_graphdef, target_state, data_cfg
+    )
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():
         rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size)})
@@ -202,5 +243,3 @@ def finish_run(
             U = {s: vu[1] for s, vu in result["VU"].items()}
             write_figures(run_dir, result["one_hot_ci"], V, U, result["alive"])
     return result
-
-

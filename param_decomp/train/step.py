@@ -37,7 +37,9 @@ class DecompState:
 StepFn = Callable[[DecompState, nnx.State, Array], tuple[DecompState, dict[str, Array]]]
 
 
-def init_state(params: nnx.State, optimizer: optax.GradientTransformation, key: Array) -> DecompState:
+def init_state(
+    params: nnx.State, optimizer: optax.GradientTransformation, key: Array
+) -> DecompState:
     return DecompState(
         params=params,
         opt_state=optimizer.init(params),
@@ -74,11 +76,15 @@ def make_train_step(
 ) -> StepFn:
     """Build the (unjitted) step; the caller jits it with the placement plan's shardings."""
 
-    def train_step(state: DecompState, target_state: nnx.State, batch: Array) -> tuple[DecompState, dict[str, Array]]:
+    def train_step(
+        state: DecompState, target_state: nnx.State, batch: Array
+    ) -> tuple[DecompState, dict[str, Array]]:
         key = jax.random.fold_in(state.key, state.step)
         progress = state.step.astype(jnp.float32) / total_steps
         grad_fn = jax.grad(
-            lambda p: objective_loss(objective, graphdef, target_graphdef, p, target_state, batch, key, progress),
+            lambda p: objective_loss(
+                objective, graphdef, target_graphdef, p, target_state, batch, key, progress
+            ),
             has_aux=True,
         )
         grads, metrics = grad_fn(state.params)
@@ -97,7 +103,11 @@ def make_train_step(
 
 
 def make_faithfulness_warmup(
-    graphdef: nnx.GraphDef, target_graphdef: nnx.GraphDef, lr: float, weight_decay: float, steps: int
+    graphdef: nnx.GraphDef,
+    target_graphdef: nnx.GraphDef,
+    lr: float,
+    weight_decay: float,
+    steps: int,
 ) -> Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]]:
     """`steps` AdamW steps on faithfulness alone, over V/U only, in one jitted fori_loop (S12)."""
     from param_decomp.losses.faithfulness import faithfulness_loss
@@ -153,8 +163,12 @@ def place_and_jit(
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
     # from host copies: identical on every process, so this also places multi-process arrays
-    params = jax.device_put(jax.tree.map(np.asarray, params), plan.decomposition_shardings(params, C))
-    target_state = jax.device_put(jax.tree.map(np.asarray, target_state), plan.target_shardings(target_state))
+    params = jax.device_put(
+        jax.tree.map(np.asarray, params), plan.decomposition_shardings(params, C)
+    )
+    target_state = jax.device_put(
+        jax.tree.map(np.asarray, target_state), plan.target_shardings(target_state)
+    )
     if warmup is not None:
         params, _ = jax.jit(warmup)(params, target_state)
     state = jax.jit(lambda p: init_state(p, optimizer, key))(params)

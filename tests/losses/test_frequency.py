@@ -27,7 +27,9 @@ def test_s8_2_frequency_is_batch_invariant_at_fixed_rate() -> None:
     ci = (jax.random.uniform(key, (64, 8, 12)) > 0.9).astype(jnp.float32)
     doubled = jnp.concatenate([ci, ci], axis=0)  # same firing rate, twice the B*T
     a_ref = 4096.0
-    assert float(frequency({"s": _f(ci)}, a_ref)) == pytest.approx(float(frequency({"s": _f(doubled)}, a_ref)), rel=1e-6)
+    assert float(frequency({"s": _f(ci)}, a_ref)) == pytest.approx(
+        float(frequency({"s": _f(doubled)}, a_ref)), rel=1e-6
+    )
     # had a' been tied to B*T, the value would move with the batch size
     tied_small = float(frequency({"s": _f(ci)}, ci.shape[0] * ci.shape[1]))
     tied_big = float(frequency({"s": _f(doubled)}, doubled.shape[0] * doubled.shape[1]))
@@ -68,7 +70,10 @@ def test_s8_4_migrated_config_reproduces_legacy_rolled_value(goldens_dir: Path) 
 @pytest.mark.parametrize(
     ("entry", "needle"),
     [
-        ({"coeff": 1.0, "frequency": {"coeff": 1.0, "reference_token_count": 0}}, "reference_token_count"),
+        (
+            {"coeff": 1.0, "frequency": {"coeff": 1.0, "reference_token_count": 0}},
+            "reference_token_count",
+        ),
         ({"coeff": 1.0, "pnorm": 0.0}, "pnorm"),
         ({"coeff": -1.0}, "coeff"),
     ],

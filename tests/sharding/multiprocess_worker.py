@@ -13,9 +13,17 @@ os.environ["JAX_PLATFORMS"] = "cpu"
 
 import jax  # noqa: E402
 
-port, pid, nproc, out_path, mesh_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+port, pid, nproc, out_path, mesh_name = (
+    sys.argv[1],
+    int(sys.argv[2]),
+    int(sys.argv[3]),
+    sys.argv[4],
+    sys.argv[5],
+)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
-jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid)
+jax.distributed.initialize(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=nproc, process_id=pid
+)
 
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
@@ -39,5 +47,8 @@ params = multihost_utils.process_allgather(state.params, tiled=True)
 if pid == 0:
     flat = nnx.to_pure_dict(jax.tree.map(lambda a: np.asarray(a).tolist(), params))
     with open(out_path, "w") as f:
-        json.dump({"history": history, "params": flat, "n_steps": N_STEPS, "devices": jax.device_count()}, f)
+        json.dump(
+            {"history": history, "params": flat, "n_steps": N_STEPS, "devices": jax.device_count()},
+            f,
+        )
 jax.distributed.shutdown()

@@ -28,7 +28,9 @@ def trajectory(problem: tuple, mesh_cfg: Mesh, n_devices: int) -> tuple[list[dic
     compiled, batches = build_run(problem, mesh_cfg, jax.devices()[:n_devices])
     state, history = compiled.state, []
     for batch in batches:
-        state, metrics = compiled.train_step(state, compiled.target_state, jax.device_put(batch, compiled.batch_sharding))
+        state, metrics = compiled.train_step(
+            state, compiled.target_state, jax.device_put(batch, compiled.batch_sharding)
+        )
         history.append({k: float(v) for k, v in jax.device_get(metrics).items()})
     return history, nnx.to_pure_dict(jax.tree.map(np.asarray, jax.device_get(state.params)))
 

@@ -10,7 +10,11 @@ from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality
 from param_decomp.losses.lm_terms import MaskedCrossEntropy
-from param_decomp.losses.reconstruction import StochasticRecon, StochasticReconLayerwise, StochasticReconSubset
+from param_decomp.losses.reconstruction import (
+    StochasticRecon,
+    StochasticReconLayerwise,
+    StochasticReconSubset,
+)
 from param_decomp.objective import Objective
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
@@ -29,15 +33,23 @@ REL = 1e-5
 
 
 def toy_problem() -> tuple:
-    target = TMS(TMSModel(type="tms", n_features=8, n_hidden=4, n_hidden_layers=1), rngs=nnx.Rngs(0))
+    target = TMS(
+        TMSModel(type="tms", n_features=8, n_hidden=4, n_hidden_layers=1), rngs=nnx.Rngs(0)
+    )
     shapes = {k: tuple(v.shape) for k, v in target.site_weights().items()}
-    cfg = Decomposition(C=8, sites=list(shapes), ci_function={"type": "per_component_mlp", "hidden": [8]})
+    cfg = Decomposition(
+        C=8, sites=list(shapes), ci_function={"type": "per_component_mlp", "hidden": [8]}
+    )
     data = SparseFeatureData(feature_probability=0.2)
     batches = [sample_sparse_features(jax.random.key(100 + i), 16, 8, data) for i in range(N_STEPS)]
     terms = (
         Faithfulness(coeff=1.0),
-        ImportanceMinimality(coeff=1e-2, pnorm=1.0, p_anneal_final_p=0.5,
-                             frequency=FrequencyBlock(coeff=1e-3, reference_token_count=512)),
+        ImportanceMinimality(
+            coeff=1e-2,
+            pnorm=1.0,
+            p_anneal_final_p=0.5,
+            frequency=FrequencyBlock(coeff=1e-3, reference_token_count=512),
+        ),
         StochasticRecon(coeff=1.0),
         StochasticReconLayerwise(coeff=1.0),
         StochasticReconSubset(coeff=1.0, source="binomial"),
@@ -46,14 +58,18 @@ def toy_problem() -> tuple:
 
 
 def lm_problem() -> tuple:
-    target = Llama(LlamaModel(type="llama", vocab_size=16, d_model=8, n_heads=2, d_mlp=16), rngs=nnx.Rngs(0))
+    target = Llama(
+        LlamaModel(type="llama", vocab_size=16, d_model=8, n_heads=2, d_mlp=16), rngs=nnx.Rngs(0)
+    )
     sites = ["layers.0.mlp.up", "layers.0.mlp.down", "layers.0.attn.q"]
     shapes = {k: tuple(v.shape) for k, v in target.site_weights().items() if k in sites}
     cfg = Decomposition(C=8, sites=sites, ci_function={"type": "global_mlp", "hidden": [8]})
     batches = [jax.random.randint(jax.random.key(200 + i), (8, 6), 0, 16) for i in range(N_STEPS)]
     terms = (
         Faithfulness(coeff=1.0),
-        ImportanceMinimality(coeff=1e-2, pnorm=2.0, frequency=FrequencyBlock(coeff=1e-3, reference_token_count=256)),
+        ImportanceMinimality(
+            coeff=1e-2, pnorm=2.0, frequency=FrequencyBlock(coeff=1e-3, reference_token_count=256)
+        ),
         StochasticRecon(coeff=1.0, distance="kl"),
         StochasticReconLayerwise(coeff=1.0, distance="kl"),
         MaskedCrossEntropy(coeff=0.5, routing="ci", delta_component=False),
@@ -71,7 +87,16 @@ def build_run(problem: tuple, mesh_cfg: Mesh, devices: list) -> tuple[CompiledSt
     target_graphdef, target_state = nnx.split(target)
     objective = Objective.from_terms(terms)
     compiled = place_and_jit(
-        objective, graphdef, target_graphdef, params, target_state, optax.adamw(1e-2), N_STEPS, plan,
-        cfg.C, batches[0].ndim, jax.random.key(7),
+        objective,
+        graphdef,
+        target_graphdef,
+        params,
+        target_state,
+        optax.adamw(1e-2),
+        N_STEPS,
+        plan,
+        cfg.C,
+        batches[0].ndim,
+        jax.random.key(7),
     )
     return compiled, batches
