@@ -8,7 +8,7 @@ this file.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
@@ -210,7 +210,7 @@ class DecomposeConfig(StrictModel):
     seed: int = 0
     target: str = Field(min_length=1, description="path of the target's YAML config")
     decomposition: Decomposition
-    losses: list[dict] = Field(min_length=1)
+    losses: list[Any] = Field(min_length=1)  # validated against the loss registry at load
     train: DecomposeTraining
     data: SparseFeatureData | None = None
     eval: Eval = Eval()

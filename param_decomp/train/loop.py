@@ -86,12 +86,12 @@ def build_session(
     cfg: DecomposeConfig, config_path: str, runs_dir: Path = RUNS_DIR, show_progress: bool = True
 ) -> Session:
     """Load/train the target, check sites and mesh, place arrays, warm up, jit the step."""
+    check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
     target_cfg = load_target_config(cfg.target)
     data_cfg = cfg.data or target_cfg.data
     target = load_or_train_target(target_cfg, runs_dir)
     weights = target.site_weights()
     _check_sites(cfg, weights, config_path)
-    check_mesh(cfg, jax.device_count(), config_path)
 
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)

@@ -1,0 +1,78 @@
+"""The `param-decomp` command line as a user runs it (issue 3 acceptance 5, S11)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "tests" / "fixtures" / "tms_tiny.yaml"
+
+
+def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "param_decomp.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("sub", ["train-target", "decompose", "check-goldens"])
+def test_every_subcommand_has_help(sub: str) -> None:
+    out = _cli(sub, "--help")
+    assert out.returncode == 0 and "usage: param-decomp " + sub in out.stdout
+
+
+def test_decompose_writes_run_folder_table_and_figures(tmp_path: Path) -> None:
+    out = _cli("decompose", str(TINY), "--runs-dir", str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "training it first" in out.stdout  # target trained and cached on first use
+    # summary table: per-site alive counts and the eval losses
+    assert (
+        "alive" in out.stdout and "linear1" in out.stdout and "eval/loss/faithfulness" in out.stdout
+    )
+    run = tmp_path / "tms_tiny"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [10, 20, 30, 40]
+    for key in (
+        "train/loss/faithfulness",
+        "train/loss/stochastic_recon",
+        "train/loss/total",
+        "train/imp_min/p",
+    ):
+        assert key in records[-1]
+    assert yaml.safe_load((run / "config.yaml").read_text())["run_name"] == "tms_tiny"
+    for fig in ("causal_importance.png", "components.png"):
+        data = (run / "figures" / fig).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == [
+        "20",
+        "40",
+    ]
+    assert (tmp_path / "targets" / "tms_tiny_target" / "checkpoint").is_dir()
+    summary = json.loads((run / "eval.json").read_text())
+    assert set(summary["alive"]) == {"linear1", "linear2"}
+
+
+def test_s11_1_nonfinite_loss_stops_with_step_and_term(tmp_path: Path) -> None:
+    cfg = yaml.safe_load(TINY.read_text())
+    cfg["target"] = str(REPO / cfg["target"])
+    cfg["train"]["optimizer"]["lr"] = 1.0e30
+    cfg["train"]["faithfulness_warmup"] = {"steps": 0}
+    bad = tmp_path / "nan.yaml"
+    bad.write_text(yaml.safe_dump(cfg))
+    out = _cli("decompose", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert "non-finite loss at step" in out.stderr and "train/loss/" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_check_goldens_cli_passes_shared_goldens(goldens_dir: Path) -> None:
+    out = _cli("check-goldens", str(goldens_dir))
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "27/27 cases passed" in out.stdout or "cases passed" in out.stdout
