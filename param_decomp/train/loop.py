@@ -224,7 +224,7 @@ def finish_run(
     )
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():
-        rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size)})
+        rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "value": ""})
     for name, value in result["losses"].items():
         rows.append({"site": name, "alive": "", "C": "", "value": value})
     table = format_summary_table(rows)
