@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveFloat,
+    PositiveInt,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -34,12 +43,13 @@ class SparseFeatureData(StrictModel):
     )
     value_range: tuple[float, float] = (0.0, 1.0)
 
-    @model_validator(mode="after")
-    def _range_ordered(self) -> SparseFeatureData:
-        lo, hi = self.value_range
+    @field_validator("value_range")
+    @classmethod
+    def _range_ordered(cls, value: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = value
         if not lo < hi:
-            raise ValueError(f"value_range must be (low, high) with low < high, got {lo}, {hi}")
-        return self
+            raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
+        return value
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -148,16 +158,16 @@ class Decomposition(StrictModel):
     leaky_alpha: PositiveFloat = 0.01
     init_scale: PositiveFloat = 1.0
 
-    @model_validator(mode="after")
-    def _ties_refer_to_sites(self) -> Decomposition:
-        for tied, source in self.tied_sites.items():
-            if tied not in self.sites or source not in self.sites:
-                raise ValueError(
-                    f"tied_sites entry {tied}: {source} must name two of sites {self.sites}"
-                )
-            if source in self.tied_sites:
-                raise ValueError(f"tied_sites source {source} is itself tied")
-        return self
+    @field_validator("tied_sites")
+    @classmethod
+    def _ties_refer_to_sites(cls, ties: dict[str, str], info: ValidationInfo) -> dict[str, str]:
+        sites = info.data.get("sites", [])
+        for tied, source in ties.items():
+            if tied not in sites or source not in sites:
+                raise ValueError(f"entry {tied}: {source} must name two of sites {sites}")
+            if source in ties:
+                raise ValueError(f"source {source} is itself tied")
+        return ties
 
 
 class FaithfulnessWarmup(StrictModel):
@@ -191,11 +201,12 @@ class Mesh(StrictModel):
     tensor: PositiveInt = 1
     shard_target_weights: bool = False
 
-    @model_validator(mode="after")
-    def _sizes(self) -> Mesh:
-        if self.data != -1 and self.data < 1:
-            raise ValueError(f"mesh.data must be a positive size or -1, got {self.data}")
-        return self
+    @field_validator("data")
+    @classmethod
+    def _data_size(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError(f"must be a positive size or -1 (the remaining devices), got {value}")
+        return value
 
 
 class Checkpointing(StrictModel):
