@@ -1,4 +1,4 @@
-"""`param-decomp` command line: train-target, decompose, check-goldens.
+"""`param-decomp` command line: train-target, pretrain, decompose, check-goldens.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -27,6 +27,8 @@ def _init_distributed(args: argparse.Namespace) -> None:
 
     num = args.num_processes or int(os.environ["JAX_NUM_PROCESSES"])
     pid = args.process_id if args.process_id is not None else int(os.environ["JAX_PROCESS_ID"])
+    # CPU processes need gloo to form one mesh; GPU/TPU backends bring their own collectives.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
 
 
@@ -38,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         "train-target", help="train a toy target model and cache it under runs/targets/"
     )
     p.add_argument("config", help="target YAML, e.g. configs/targets/tms_5-2.yaml")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+
+    p = sub.add_parser(
+        "pretrain", help="pretrain a Llama target on text and cache it under runs/targets/"
+    )
+    p.add_argument("config", help="pretrain YAML, e.g. configs/targets/llama_tiny.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
 
     p = sub.add_parser(
@@ -63,6 +71,12 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.targets.training import train_target
 
         train_target(load_target_config(args.config), Path(args.runs_dir))
+        return 0
+    if args.command == "pretrain":
+        from param_decomp.config.pretrain_schema import load_pretrain_config
+        from param_decomp.targets.pretrain import pretrain
+
+        pretrain(load_pretrain_config(args.config), Path(args.runs_dir))
         return 0
     if args.command == "decompose":
         _init_distributed(args)

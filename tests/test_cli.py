@@ -22,7 +22,7 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("sub", ["train-target", "decompose", "check-goldens"])
+@pytest.mark.parametrize("sub", ["train-target", "decompose", "pretrain", "check-goldens"])
 def test_every_subcommand_has_help(sub: str) -> None:
     out = _cli(sub, "--help")
     assert out.returncode == 0 and "usage: param-decomp " + sub in out.stdout
@@ -72,7 +72,17 @@ def test_s11_1_nonfinite_loss_stops_with_step_and_term(tmp_path: Path) -> None:
     assert "Traceback" not in out.stderr
 
 
-def test_check_goldens_cli_passes_shared_goldens(goldens_dir: Path) -> None:
-    out = _cli("check-goldens", str(goldens_dir))
+def test_check_goldens_cli_reports_each_case_and_exit_status(
+    goldens_dir: Path, tmp_path: Path
+) -> None:
+    """The in-process suite checks every golden; here the CLI contract on two files."""
+    for name in ("faithfulness.json", "schedules.json"):
+        (tmp_path / name).write_text((goldens_dir / name).read_text())
+    out = _cli("check-goldens", str(tmp_path))
     assert out.returncode == 0, out.stdout[-2000:]
-    assert "27/27 cases passed" in out.stdout or "cases passed" in out.stdout
+    assert out.stdout.count("PASS") == 6 and "6/6 cases passed" in out.stdout
+    data = json.loads((goldens_dir / "faithfulness.json").read_text())
+    data["cases"][0]["expected"]["loss"] = float(data["cases"][0]["expected"]["loss"]) + 1.0
+    (tmp_path / "faithfulness.json").write_text(json.dumps(data))
+    out = _cli("check-goldens", str(tmp_path))
+    assert out.returncode == 1 and "FAIL" in out.stdout and "5/6 cases passed" in out.stdout

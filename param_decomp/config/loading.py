@@ -12,6 +12,7 @@ from typing import Any
 
 import pydantic
 import yaml
+from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError, format_validation_error
 from param_decomp.config.schema import DecomposeConfig, Mesh, TargetConfig
@@ -156,10 +157,16 @@ def load_decompose_config(path: str | Path) -> DecomposeConfig:
     return _decompose_from_data(read_yaml(path), path)
 
 
-def load_any_config(path: str | Path) -> TargetConfig | DecomposeConfig:
-    """A target config (has `model`) or a decompose config (has `decomposition`)."""
+def load_any_config(path: str | Path) -> BaseModel:
+    """A target config (has `model`; a `llama` model is pretrained, so it is a pretrain config)
+    or a decompose config (has `decomposition`)."""
     data = read_yaml(path)
     if "model" in data:
+        model = data["model"]
+        if isinstance(model, dict) and model.get("type") == "llama":
+            from param_decomp.config.pretrain_schema import load_pretrain_config
+
+            return load_pretrain_config(path)
         return _target_from_data(data, path)
     if "decomposition" in data:
         return _decompose_from_data(data, path)

@@ -7,11 +7,13 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import yaml
 from flax import nnx
 
-from param_decomp.config.schema import TargetConfig
+from param_decomp.config.errors import ConfigError
+from param_decomp.config.schema import LlamaModel, TargetConfig
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.targets.build import build_target
 from param_decomp.train.checkpoint import latest_step, restore_pytree, save_pytree
@@ -26,6 +28,17 @@ def target_dir(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> Path:
 
 def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> nnx.Module:
     """Train with MSE against the target's labels on fresh sparse batches; save the weights."""
+    if isinstance(cfg.model, LlamaModel):  # an LM learns from text, not sparse features
+        raise ConfigError(
+            f"target {cfg.run_name!r}",
+            [
+                (
+                    "model.type",
+                    "llama targets are not trained here: run `param-decomp pretrain <config>` "
+                    "with a pretrain config (e.g. configs/targets/llama_tiny.yaml) first",
+                )
+            ],
+        )
     model = build_target(cfg)
     graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
     optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
@@ -64,10 +77,12 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
                 step, loss = record["step"], record["train/loss"]
                 print(f"target {cfg.run_name} step {step:>6d} loss {loss:.3e}")
     params = carry[0]
+    trained = nnx.merge(graphdef, params, frozen)
+    # host copies: every process trained the same target, and numpy leaves are written once
     save_pytree(
-        out_dir / "checkpoint", cfg.train.steps, nnx.state(nnx.merge(graphdef, params, frozen))
+        out_dir / "checkpoint", cfg.train.steps, jax.tree.map(np.asarray, nnx.state(trained))
     )
-    return nnx.merge(graphdef, params, frozen)
+    return trained
 
 
 def load_or_train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> nnx.Module:
@@ -78,5 +93,5 @@ def load_or_train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> nnx.Mo
         return train_target(cfg, runs_dir)
     model = build_target(cfg)
     graphdef, state = nnx.split(model)
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-    return nnx.merge(graphdef, restore_pytree(ckpt, abstract))
+    host_template = jax.tree.map(np.asarray, state)  # restore as host arrays on every process
+    return nnx.merge(graphdef, restore_pytree(ckpt, host_template))

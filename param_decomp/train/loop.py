@@ -13,6 +13,7 @@ import jax
 import numpy as np
 import yaml
 from flax import nnx
+from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from param_decomp.config.errors import ConfigError
@@ -36,6 +37,13 @@ PROGRESS_KEYS = ("train/loss/total", "train/loss/faithfulness", "train/loss/stoc
 
 class NonFiniteLossError(RuntimeError):
     pass
+
+
+def to_host(tree: Any) -> Any:
+    """Numpy copies of (possibly multi-process, sharded) arrays, identical on every process."""
+    if jax.process_count() > 1:
+        tree = multihost_utils.process_allgather(tree, tiled=True)
+    return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def is_main_process() -> bool:
@@ -218,9 +226,13 @@ def finish_run(
     run_dir: Path,
     show_progress: bool,
 ) -> dict[str, Any]:
-    """Evaluate, print the summary table, write eval.json and the figures (process 0 only)."""
+    """Evaluate, print the summary table, write eval.json and the figures (process 0 only).
+
+    Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
+    """
+    params, target_state = to_host((state.params, target_state))
     result = evaluate_decomposition(
-        cfg, objective, graphdef, state.params, target_graphdef, target_state, data_cfg
+        cfg, objective, graphdef, params, target_graphdef, target_state, data_cfg
     )
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():

@@ -192,6 +192,8 @@ def test_format_path() -> None:
 
 
 def test_every_repo_config_loads() -> None:
+    from param_decomp.config.pretrain_schema import PretrainConfig
+
     files = sorted((REPO_ROOT / "configs").glob("**/*.yaml"))
     if not files:
         pytest.skip("configs/ has no YAML yet")
@@ -200,7 +202,7 @@ def test_every_repo_config_loads() -> None:
         os.chdir(REPO_ROOT)  # configs name their targets relative to the repo root
         for path in files:
             cfg = load_any_config(path)
-            assert isinstance(cfg, TargetConfig | DecomposeConfig), path
+            assert isinstance(cfg, TargetConfig | DecomposeConfig | PretrainConfig), path
     finally:
         os.chdir(cwd)
 

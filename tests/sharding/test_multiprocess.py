@@ -2,6 +2,7 @@
 reproduce the single-process 4-device trajectory to rel <= 1e-5."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -59,3 +60,52 @@ def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_
     param_rel = _worst_rel(_as_arrays(got["params"]), _as_arrays(ref_params))
     print(f"2 processes, {mesh_name}: worst rel err losses {loss_rel:.2e}, params {param_rel:.2e}")
     assert loss_rel <= REL and param_rel <= REL, (loss_rel, param_rel)
+
+
+def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
+    """`param-decomp decompose --coordinator ...` on 2 processes x 2 CPU devices: one 4-device
+    mesh; only process 0 writes metrics and figures."""
+    repo = Path(__file__).resolve().parents[2]
+    port = _free_port()
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "param_decomp.cli",
+                "decompose",
+                "tests/fixtures/tms_tiny.yaml",
+                "--runs-dir",
+                str(tmp_path),
+                "--no-progress",
+                "--coordinator",
+                f"127.0.0.1:{port}",
+                "--num-processes",
+                "2",
+                "--process-id",
+                str(pid),
+            ],
+            cwd=repo,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    logs = []
+    try:
+        for p in procs:
+            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
+    run = tmp_path / "tms_tiny"
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 4  # written once (process 0), not once per process
+    assert (run / "figures" / "causal_importance.png").is_file()
+    assert json.loads((run / "eval.json").read_text())["alive"].keys() == {"linear1", "linear2"}

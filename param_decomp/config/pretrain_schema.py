@@ -1,0 +1,124 @@
+"""Schema and loader of `param-decomp pretrain` configs (a Llama target trained on text).
+
+Kept apart from `schema.py` because a pretrain config is a different file kind: it names a text
+corpus and an LM objective rather than synthetic sparse features. The saved checkpoint lands
+where toy targets go (runs/targets/<run_name>/checkpoint), so decomposition finds it the same way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import pydantic
+from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
+
+from param_decomp.config.errors import ConfigError, format_validation_error
+from param_decomp.config.loading import read_yaml
+from param_decomp.config.schema import LlamaModel, NonNegFloat, Optimizer, StrictModel
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
+
+# Vocabulary size of each tokenizer. Only `byte` is shipped: a trained subword tokenizer would
+# need the `sentencepiece` package, which is not a dependency of this project.
+TOKENIZER_VOCAB = {"byte": 256}
+
+# Validation context key: the loader runs the cross-block checks itself so each problem is
+# reported under its own dotted key instead of one root-level message.
+_DEFER_CROSS_CHECKS = "defer_cross_checks"
+
+
+class TextData(StrictModel):
+    """Where the text comes from and how it is cut into training windows."""
+
+    corpus: str = Field(default=str(DEFAULT_CORPUS), min_length=1)
+    tokenizer: Literal["byte"] = "byte"
+    seq_len: PositiveInt | None = Field(
+        default=None, description="training context; omitted means model.seq_len"
+    )
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_val_windows: PositiveInt = 512
+
+
+class Objective(StrictModel):
+    """Training loss; every kind is a function from `param_decomp.losses.lm_objectives`."""
+
+    kind: Literal["cross_entropy", "focal", "bytes_weighted_ce"] = "cross_entropy"
+    gamma: NonNegFloat = 2.0
+    z_loss: NonNegFloat = 0.0
+    label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
+
+    # Field validators run only on keys present in the file, so defaults never trip these.
+    @field_validator("gamma")
+    @classmethod
+    def _gamma_only_for_focal(cls, value: float, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        if kind is not None and kind != "focal":
+            raise ValueError(f"only applies to kind: focal (kind is {kind!r})")
+        return value
+
+    @field_validator("label_smoothing")
+    @classmethod
+    def _smoothing_only_for_ce(cls, value: float, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        if value > 0 and kind is not None and kind != "cross_entropy":
+            raise ValueError(f"only applies to kind: cross_entropy (kind is {kind!r})")
+        return value
+
+
+class PretrainTraining(StrictModel):
+    steps: PositiveInt
+    batch_size: PositiveInt
+    optimizer: Optimizer
+    log_every: PositiveInt = 100
+    eval_every: PositiveInt = 500
+
+
+class PretrainConfig(StrictModel):
+    """`param-decomp pretrain` config; the trained model is cached in runs/targets/<run_name>."""
+
+    run_name: str = Field(min_length=1)
+    seed: int = 0
+    model: LlamaModel
+    data: TextData = TextData()
+    train: PretrainTraining
+    objective: Objective = Objective()
+
+    @property
+    def seq_len(self) -> int:
+        """Training context length: data.seq_len if set, else the model's."""
+        return self.data.seq_len or self.model.seq_len
+
+    @model_validator(mode="after")
+    def _cross_checks(self, info: ValidationInfo) -> PretrainConfig:
+        if info.context and info.context.get(_DEFER_CROSS_CHECKS):
+            return self
+        problems = cross_block_problems(self)
+        if problems:
+            raise ValueError("; ".join(f"{key}: {msg}" for key, msg in problems))
+        return self
+
+
+def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
+    """Checks spanning blocks, as (dotted key, message): vocab matches the tokenizer."""
+    vocab = TOKENIZER_VOCAB[cfg.data.tokenizer]
+    if cfg.model.vocab_size != vocab:
+        msg = f"is {cfg.model.vocab_size}, but tokenizer {cfg.data.tokenizer!r} has {vocab} tokens"
+        return [("model.vocab_size", msg)]
+    return []
+
+
+def load_pretrain_config(path: str | Path) -> PretrainConfig:
+    """Validated pretrain config; every problem is a ConfigError naming the file and key."""
+    data = read_yaml(path)
+    try:
+        cfg = PretrainConfig.model_validate(data, context={_DEFER_CROSS_CHECKS: True})
+    except pydantic.ValidationError as err:
+        raise ConfigError(path, format_validation_error(err, PretrainConfig, data=data)) from None
+    problems = cross_block_problems(cfg)
+    corpus = Path(cfg.data.corpus).expanduser()
+    if not corpus.is_file():
+        problems.append(("data.corpus", f"file {cfg.data.corpus!r} not found"))
+    if problems:
+        raise ConfigError(path, problems)
+    return cfg

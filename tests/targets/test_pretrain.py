@@ -1,0 +1,209 @@
+"""`param-decomp pretrain`: a tiny Llama learns the shipped corpus; metrics, config errors."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+
+from param_decomp.config.errors import ConfigError
+from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
+from param_decomp.data.text import (
+    bytes_per_token,
+    decode,
+    encode,
+    load_tokens,
+    sample_windows,
+    split_tokens,
+    val_windows,
+)
+from param_decomp.targets.pretrain import (
+    build_llama,
+    evaluate,
+    load_pretrained,
+    make_objective,
+    pretrain,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _raw(**overrides: object) -> dict:
+    raw: dict = {
+        "run_name": "llama_test",
+        "seed": 0,
+        "model": {
+            "type": "llama",
+            "vocab_size": 256,
+            "d_model": 32,
+            "n_heads": 2,
+            "d_mlp": 64,
+            "n_layers": 1,
+            "seq_len": 32,
+        },
+        "data": {"max_val_windows": 64},
+        "train": {
+            "steps": 150,
+            "batch_size": 16,
+            "optimizer": {"lr": 1e-2, "grad_clip_norm": 1.0},
+            "log_every": 50,
+            "eval_every": 75,
+        },
+    }
+    raw.update(overrides)
+    return raw
+
+
+def _write(tmp_path: Path, raw: dict) -> Path:
+    path = tmp_path / "pretrain.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_short_pretrain_learns_and_checkpoint_restores(tmp_path: Path) -> None:
+    cfg = load_pretrain_config(_write(tmp_path, _raw()))
+    model = pretrain(cfg, tmp_path, log=False)
+    run = tmp_path / "targets" / "llama_test"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "val/loss" in r]
+    assert [r["step"] for r in evals] == [0, 75, 150]
+    assert any("train/loss" in r for r in records)
+    first, last = evals[0], evals[-1]
+    assert first["val/loss"] == pytest.approx(math.log(256), abs=1.0)  # ~uniform at init
+    assert last["val/loss"] < first["val/loss"] - 2.0
+    assert last["val/bits_per_byte"] < 4.0
+    assert (run / "config.yaml").is_file()
+
+    restored = load_pretrained(cfg, tmp_path)  # checkpoint exists: restores, no retraining
+    x = jnp.asarray(load_tokens(cfg.data.corpus)[:64].reshape(2, 32))
+    np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))
+
+
+def test_val_bits_per_byte_is_total_ce_over_bytes() -> None:
+    cfg = PretrainConfig.model_validate(_raw())
+    model = build_llama(cfg)
+    _, val = split_tokens(load_tokens(cfg.data.corpus), 0.1, 32)
+    windows = jnp.asarray(val_windows(val, 32, 8))
+    metrics = evaluate(model, windows, bytes_per_token("byte"))
+
+    logits = np.asarray(model(windows[:, :-1]), np.float64)
+    targets = np.asarray(windows[:, 1:])
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    ce = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    n_bytes = sum(len(bytes([t])) for t in targets.ravel())  # byte tokenizer: 1 byte each
+    assert float(metrics["val/bits_per_byte"]) == pytest.approx(
+        ce.sum() / math.log(2) / n_bytes, rel=1e-5
+    )
+    assert float(metrics["val/loss"]) == pytest.approx(ce.mean(), rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "objective",
+    [
+        {"kind": "cross_entropy"},
+        {"kind": "cross_entropy", "label_smoothing": 0.1, "z_loss": 1e-4},
+        {"kind": "focal"},
+        {"kind": "focal", "gamma": 1.0, "z_loss": 1e-4},
+        {"kind": "bytes_weighted_ce"},
+    ],
+)
+def test_every_objective_trains_one_step(tmp_path: Path, objective: dict) -> None:
+    raw = _raw(objective=objective)
+    raw["train"] = {**raw["train"], "steps": 1}
+    cfg = load_pretrain_config(_write(tmp_path, raw))
+    pretrain(cfg, tmp_path, log=False)
+    records = (tmp_path / "targets" / "llama_test" / "metrics.jsonl").read_text().splitlines()
+    last = json.loads(records[-1])
+    assert last["step"] == 1 and math.isfinite(last["train/loss"])
+    assert math.isfinite(last["val/loss"]) and math.isfinite(last["val/bits_per_byte"])
+
+
+def test_objective_matches_lm_objectives_plain_ce() -> None:
+    logits = jax.random.normal(jax.random.key(0), (2, 5, 256))
+    targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 256)
+    cfg = PretrainConfig.model_validate(_raw(objective={"kind": "bytes_weighted_ce"}))
+    bw = make_objective(cfg.objective, bytes_per_token("byte"))(logits, targets)
+    ce = make_objective(PretrainConfig.model_validate(_raw()).objective, bytes_per_token("byte"))(
+        logits, targets
+    )
+    assert float(bw) == pytest.approx(float(ce), rel=1e-6)  # 1 byte per token: the same loss
+
+
+def test_focal_without_gamma_uses_default(tmp_path: Path) -> None:
+    cfg = load_pretrain_config(_write(tmp_path, _raw(objective={"kind": "focal"})))
+    assert cfg.objective.gamma == 2.0
+
+
+def test_label_smoothing_with_focal_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, _raw(objective={"kind": "focal", "label_smoothing": 0.1}))
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(path)
+    assert [key for key, _ in info.value.problems] == ["objective.label_smoothing"]
+    assert str(path) in str(info.value)
+
+
+def test_gamma_without_focal_is_a_config_error(tmp_path: Path) -> None:
+    path = _write(tmp_path, _raw(objective={"kind": "cross_entropy", "gamma": 1.0}))
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(path)
+    assert [key for key, _ in info.value.problems] == ["objective.gamma"]
+
+
+def test_vocab_mismatch_is_a_config_error(tmp_path: Path) -> None:
+    raw = _raw()
+    raw["model"] = {**raw["model"], "vocab_size": 300}
+    with pytest.raises(ConfigError) as info:
+        load_pretrain_config(_write(tmp_path, raw))
+    assert [key for key, _ in info.value.problems] == ["model.vocab_size"]
+    assert "256" in str(info.value)
+    with pytest.raises(ValueError, match="model.vocab_size"):  # direct construction checks too
+        PretrainConfig.model_validate(raw)
+
+
+def test_unknown_key_and_missing_corpus_are_config_errors(tmp_path: Path) -> None:
+    raw = _raw(data={"corpus": str(tmp_path / "nope.txt")})
+    with pytest.raises(ConfigError, match="data.corpus"):
+        load_pretrain_config(_write(tmp_path, raw))
+    raw = _raw(objective={"kind": "focal", "gama": 1.0})
+    with pytest.raises(ConfigError, match="Did you mean 'gamma'"):
+        load_pretrain_config(_write(tmp_path, raw))
+
+
+def test_batches_are_a_pure_function_of_seed_and_step() -> None:
+    tokens = jnp.arange(1000, dtype=jnp.int32)
+    a = sample_windows(tokens, 3, 7, 4, 16)
+    assert a.shape == (4, 17)
+    np.testing.assert_array_equal(a, sample_windows(tokens, 3, 7, 4, 16))
+    assert not np.array_equal(a, sample_windows(tokens, 3, 8, 4, 16))
+    np.testing.assert_array_equal(np.diff(np.asarray(a), axis=1), 1)  # contiguous windows
+
+
+def test_byte_tokenizer_round_trips() -> None:
+    text = "Hana and Cleo walk. naïve"
+    assert decode(encode(text)) == text
+
+
+def test_shipped_config_loads_and_llama_is_not_toy_trained() -> None:
+    cfg = load_pretrain_config(REPO / "configs" / "targets" / "llama_tiny.yaml")
+    assert cfg.model.vocab_size == 256
+    from param_decomp.config.schema import TargetConfig
+    from param_decomp.targets.training import train_target
+
+    toy = TargetConfig.model_validate(
+        {
+            "run_name": "x",
+            "model": cfg.model.model_dump(),
+            "data": {"feature_probability": 0.1},
+            "train": {"steps": 1, "batch_size": 1, "optimizer": {"lr": 1e-3}},
+        }
+    )
+    with pytest.raises(ConfigError, match="param-decomp pretrain"):
+        train_target(toy, Path("/nonexistent"))
+    assert isinstance(nnx.state(build_llama(cfg)), nnx.State)
