@@ -9,8 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from param_decomp.config.schema import DecomposeConfig, SparseFeatureData
-from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
+from param_decomp.config.schema import DecomposeConfig
+from param_decomp.data.sources import BatchSource
 from param_decomp.decomposition.masked_forward import recording_site_fn
 from param_decomp.eval.summary import alive_components
 from param_decomp.objective import Objective
@@ -32,41 +32,32 @@ def evaluate_decomposition(
     params: nnx.State,
     target_graphdef: nnx.GraphDef,
     target_state: nnx.State,
-    data_cfg: SparseFeatureData,
+    source: BatchSource,
 ) -> dict[str, Any]:
-    """Per-site alive counts (CI > threshold on any eval datapoint), CI matrix, eval losses."""
+    """Per-site alive counts (S14.1: CI > threshold on any eval datapoint), the probe's CI
+    matrix (rows: single-feature inputs for toys, tokens of one val sequence for LMs), V/U and
+    the eval losses averaged over the eval batches."""
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
-    n_features = target.n_features
-    one_hot_ci = jax.jit(lambda x: causal_importance_on(model, target, x))(
-        one_feature_inputs(n_features)
-    )
-    eval_key = jax.random.key(cfg.seed + 10_000)
+    threshold = cfg.eval.ci_alive_threshold
+    ci_fn = jax.jit(lambda x: causal_importance_on(model, target, x))
     loss_fn = jax.jit(
         lambda x, k: objective_loss(
             objective, graphdef, target_graphdef, params, target_state, x, k, jnp.ones(())
         )
     )
-    ci_fn = jax.jit(lambda x: causal_importance_on(model, target, x))
-    alive = {
-        s: np.asarray(alive_components(np.asarray(c), cfg.eval.ci_alive_threshold))
-        for s, c in one_hot_ci.items()
-    }
+    probe_ci = {s: np.asarray(c).reshape(-1, c.shape[-1]) for s, c in ci_fn(source.probe()).items()}
+    alive = {s: alive_components(c, threshold) for s, c in probe_ci.items()}
+    batches = source.eval_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    mask_key = jax.random.key(cfg.seed + 20_000)
     sums: dict[str, float] = {}
-    for i in range(cfg.eval.n_batches):
-        k_data, k_mask = jax.random.split(jax.random.fold_in(eval_key, i))
-        x = sample_sparse_features(k_data, cfg.eval.batch_size, n_features, data_cfg)
-        _, metrics = loss_fn(x, k_mask)
+    for i, x in enumerate(batches):
+        _, metrics = loss_fn(x, jax.random.fold_in(mask_key, i))
         for k, v in metrics.items():
             if k.startswith("train/loss/"):
                 key = "eval/loss/" + k.removeprefix("train/loss/")
-                sums[key] = sums.get(key, 0.0) + float(v) / cfg.eval.n_batches
+                sums[key] = sums.get(key, 0.0) + float(v) / len(batches)
         for s, c in ci_fn(x).items():
-            alive[s] = alive[s] | alive_components(np.asarray(c), cfg.eval.ci_alive_threshold)
+            alive[s] = alive[s] | alive_components(np.asarray(c), threshold)
     VU = {s: tuple(np.asarray(a) for a in vu) for s, vu in model.all_VU().items()}
-    return {
-        "alive": alive,
-        "one_hot_ci": {s: np.asarray(c) for s, c in one_hot_ci.items()},
-        "losses": sums,
-        "VU": VU,
-    }
+    return {"alive": alive, "one_hot_ci": probe_ci, "losses": sums, "VU": VU}

@@ -17,9 +17,10 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import check_mesh, load_target_config
-from param_decomp.config.schema import DecomposeConfig
-from param_decomp.data.sparse_features import sample_sparse_features
+from param_decomp.config.loading import check_mesh, load_any_config
+from param_decomp.config.pretrain_schema import PretrainConfig
+from param_decomp.config.schema import DecomposeConfig, TargetConfig
+from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSource
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
 from param_decomp.eval.figures import write_figures
@@ -27,6 +28,7 @@ from param_decomp.eval.summary import format_summary_table
 from param_decomp.objective import Objective
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
+from param_decomp.targets.pretrain import load_pretrained
 from param_decomp.targets.training import RUNS_DIR, load_or_train_target
 from param_decomp.train.checkpoint import save_pytree
 from param_decomp.train.optimizer import make_optimizer
@@ -84,9 +86,8 @@ class Session:
     target_state: nnx.State
     state: DecompState
     train_step: Callable[..., Any]
-    sample: Callable[[int], jax.Array]
+    source: BatchSource
     plan: PlacementPlan
-    data_cfg: Any
     run_dir: Path
 
 
@@ -95,9 +96,13 @@ def build_session(
 ) -> Session:
     """Load/train the target, check sites and mesh, place arrays, warm up, jit the step."""
     check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
-    target_cfg = load_target_config(cfg.target)
-    data_cfg = cfg.data or target_cfg.data
-    target = load_or_train_target(target_cfg, runs_dir)
+    target_cfg = load_any_config(cfg.target)
+    if isinstance(target_cfg, PretrainConfig):
+        target = load_pretrained(target_cfg, runs_dir)
+    elif isinstance(target_cfg, TargetConfig):
+        target = load_or_train_target(target_cfg, runs_dir)
+    else:
+        raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
     weights = target.site_weights()
     _check_sites(cfg, weights, config_path)
 
@@ -130,15 +135,15 @@ def build_session(
         jax.random.key(cfg.seed),
         warmup,
     )
-    n_features = target.n_features
-    batch_sharding = compiled.batch_sharding
-    data_key = jax.random.key(cfg.seed + 1)
-    sample = jax.jit(
-        lambda step: sample_sparse_features(
-            jax.random.fold_in(data_key, step), cfg.train.batch_size, n_features, data_cfg
-        ),
-        out_shardings=batch_sharding,
-    )
+    if isinstance(target_cfg, PretrainConfig):
+        source: BatchSource = TextSource(
+            target_cfg, cfg.train.batch_size, cfg.seed, compiled.batch_sharding
+        )
+    else:
+        data = cfg.data or target_cfg.data
+        source = SparseFeatureSource(
+            data, target.n_features, cfg.train.batch_size, cfg.seed, compiled.batch_sharding
+        )
     return Session(
         cfg,
         objective,
@@ -147,9 +152,8 @@ def build_session(
         compiled.target_state,
         compiled.state,
         compiled.train_step,
-        sample,
+        source,
         plan,
-        data_cfg,
         runs_dir / cfg.run_name,
     )
 
@@ -171,7 +175,9 @@ def run_decompose(
     try:
         in_flight: dict[str, jax.Array] | None = None
         for step in range(steps):
-            state, metrics = session.train_step(state, session.target_state, session.sample(step))
+            state, metrics = session.train_step(
+                state, session.target_state, session.source.train_batch(step)
+            )
             if in_flight is not None:
                 # At most one step queued: XLA:CPU's multi-device collectives can deadlock when
                 # many executions are queued (seen with jax 0.10.2); the cost is negligible.
@@ -209,7 +215,7 @@ def run_decompose(
         state,
         session.target_graphdef,
         session.target_state,
-        session.data_cfg,
+        session.source,
         run_dir,
         show_progress,
     )
@@ -222,7 +228,7 @@ def finish_run(
     state: DecompState,
     target_graphdef: nnx.GraphDef,
     target_state: nnx.State,
-    data_cfg: Any,
+    source: BatchSource,
     run_dir: Path,
     show_progress: bool,
 ) -> dict[str, Any]:
@@ -230,9 +236,9 @@ def finish_run(
 
     Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
     """
-    params, target_state = to_host((state.params, target_state))
+    params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
     result = evaluate_decomposition(
-        cfg, objective, graphdef, params, target_graphdef, target_state, data_cfg
+        cfg, objective, graphdef, params, target_graphdef, target_state, source
     )
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():
