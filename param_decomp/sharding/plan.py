@@ -62,6 +62,7 @@ class PlacementPlan:
 
         def place(path: tuple, leaf: jax.Array) -> NamedSharding:
             names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
+            names = [n for n in names if n != "value"]  # nnx Variables end their path in .value
             if "components" in names and names[-1] == "V":
                 return self.sharding(("d_in", "C"), leaf.shape)
             if "components" in names and names[-1] == "U":

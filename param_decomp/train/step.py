@@ -137,6 +137,24 @@ def make_faithfulness_warmup(
     return run
 
 
+def moment_shardings(opt_state: Any, param_shardings: Any, plan: PlacementPlan) -> Any:
+    """Optimizer moments shaped like the params are sharded like them (S13.2); the rest
+    (counts, schedule state) is replicated."""
+    params_def = jax.tree.structure(param_shardings)
+
+    def is_param_like(node: Any) -> bool:
+        try:
+            return jax.tree.structure(node) == params_def
+        except Exception:  # noqa: BLE001 - any non-pytree node is simply not param-like
+            return False
+
+    return jax.tree.map(
+        lambda node: param_shardings if is_param_like(node) else plan.replicated(),
+        opt_state,
+        is_leaf=is_param_like,
+    )
+
+
 @dataclass
 class CompiledStep:
     """A placed initial state and the step jitted with the placement plan's shardings."""
@@ -162,18 +180,23 @@ def place_and_jit(
     warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
+    param_shardings = plan.decomposition_shardings(params, C)
+    target_shardings = plan.target_shardings(target_state)
     # from host copies: identical on every process, so this also places multi-process arrays
-    params = jax.device_put(
-        jax.tree.map(np.asarray, params), plan.decomposition_shardings(params, C)
-    )
-    target_state = jax.device_put(
-        jax.tree.map(np.asarray, target_state), plan.target_shardings(target_state)
-    )
+    params = jax.device_put(jax.tree.map(np.asarray, params), param_shardings)
+    target_state = jax.device_put(jax.tree.map(np.asarray, target_state), target_shardings)
     if warmup is not None:
-        params, _ = jax.jit(warmup)(params, target_state)
-    state = jax.jit(lambda p: init_state(p, optimizer, key))(params)
-    state_shardings = jax.tree.map(lambda a: a.sharding, state)
-    target_shardings = jax.tree.map(lambda a: a.sharding, target_state)
+        warm = jax.jit(warmup, out_shardings=(param_shardings, plan.replicated()))
+        params, _ = warm(params, target_state)
+    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, key), params)
+    state_shardings = DecompState(
+        params=param_shardings,
+        opt_state=moment_shardings(abstract.opt_state, param_shardings, plan),
+        step=plan.replicated(),
+        key=plan.replicated(),
+        first_nonfinite_step=plan.replicated(),
+    )
+    state = jax.jit(lambda p: init_state(p, optimizer, key), out_shardings=state_shardings)(params)
     batch_sharding = plan.batch(batch_ndim)
     train_step = jax.jit(
         make_train_step(objective, graphdef, target_graphdef, optimizer, total_steps),

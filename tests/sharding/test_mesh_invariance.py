@@ -86,3 +86,18 @@ def test_s8_3_per_shard_frequency_differs_from_global() -> None:
     np.testing.assert_allclose(correct, float(global_freq(ci)), rtol=1e-6)
     wrong = float(jax.jit(per_shard_freq)(sharded))
     assert abs(wrong - correct) > 1e-3 * abs(correct), (wrong, correct)
+
+
+def test_s13_2_components_and_moments_are_sharded_over_tensor() -> None:
+    """V/U and their Adam moments hold C / tensor components per device; the rest is replicated."""
+    compiled, _ = build_run(toy_problem(), Mesh(data=2, tensor=2), jax.devices())
+    state = compiled.state
+    C = 8
+    comps = state.params["components"]
+    mu = state.opt_state[0].mu["components"]
+    for tree in (comps, mu):
+        for site in tree:
+            V, U = tree[site]["V"].value, tree[site]["U"].value
+            assert V.sharding.shard_shape(V.shape)[1] == C // 2, V.sharding
+            assert U.sharding.shard_shape(U.shape)[0] == C // 2, U.sharding
+    assert state.step.sharding.is_fully_replicated

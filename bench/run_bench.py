@@ -1,0 +1,565 @@
+"""Benchmarks of the decomposition train step (`make bench`); results go to bench/results/.
+
+Sections (pick with `--only NAME`, repeatable or comma separated):
+  tms_5-2                TMS 5-2, batch 4096, the config's full loss set
+  resid_mlp_1            ResidMLP-1, batch 2048, d_embed 1000, C 100 per site, full loss set
+  memory_by_tensor_size  per-device bytes of V/U + optimizer state on a {data: -1, tensor: t}
+                         mesh of 4 simulated CPU devices, t in 1, 2, 4 (runs in a subprocess,
+                         because the device count is fixed when jax is first imported)
+
+Nothing here asserts on time: the numbers are measurements, written as JSON and printed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+MEMORY_WORKER_FLAG = "--memory-worker"
+MEMORY_DEVICES = 4
+if MEMORY_WORKER_FLAG in sys.argv:
+    # Must happen before jax is imported anywhere in this process.
+    _flag = f"--xla_force_host_platform_device_count={MEMORY_DEVICES}"
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_flag}".strip()
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from datetime import UTC, datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from flax import nnx  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS_DIR = REPO / "bench" / "results"
+RUNS_DIR = Path("runs")  # relative to the repo root, like the CLI: target caches are shared
+
+# PyTorch reference implementation, seconds per train step (same configs).
+REFERENCE_S_PER_STEP = {"tms_5-2": 0.119, "resid_mlp_1": 3.18}
+
+SPEED_BENCHES: dict[str, dict[str, Any]] = {
+    "tms_5-2": {"config": "configs/tms_5-2.yaml", "batch": 4096, "steps": 200},
+    "resid_mlp_1": {"config": "configs/resid_mlp_1.yaml", "batch": 2048, "steps": 20, "C": 100},
+}
+MEMORY_BENCH = "memory_by_tensor_size"
+MEMORY_TENSOR_SIZES = (1, 2, 4)
+MEMORY_BATCH = 256
+MEMORY_STEPS = 2
+ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH)
+
+MATMUL_SHAPE = (2048, 1000, 1000)  # (m, k, n): a (m, k) @ (k, n) fp32 matmul
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _host_cpu() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _common_fields(name: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "device_kind": jax.devices()[0].device_kind,
+        "platform": jax.devices()[0].platform,
+        "n_devices": jax.device_count(),
+        "host_cpu": _host_cpu(),
+        "host_cpu_count": os.cpu_count(),
+        "jax_version": jax.__version__,
+        "load_avg_1min": os.getloadavg()[0],  # other work on the machine skews every timing
+        "timestamp": _now(),
+    }
+
+
+def _write(result: dict[str, Any]) -> Path:
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{result['name']}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    return path
+
+
+def _cost_flops(compiled: Any) -> float | None:
+    """XLA's own FLOP count of a compiled executable, when the backend reports one."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001 - not every backend implements it
+        return None
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else None
+    if not cost or "flops" not in cost:
+        return None
+    flops = float(cost["flops"])
+    return flops if flops > 0 else None
+
+
+def _memory_analysis(compiled: Any) -> dict[str, int] | None:
+    try:
+        mem = compiled.memory_analysis()
+    except Exception:  # noqa: BLE001
+        return None
+    if mem is None:
+        return None
+    return {k: int(getattr(mem, k)) for k in dir(mem) if k.endswith("_in_bytes")}
+
+
+def _config(path: str, **train_updates: Any) -> Any:
+    from param_decomp.config import loading, schema
+
+    cfg = loading.load_decompose_config(path)
+    train = cfg.train.model_copy(
+        update={"faithfulness_warmup": schema.FaithfulnessWarmup(steps=0), **train_updates}
+    )
+    return cfg.model_copy(update={"train": train})
+
+
+def _batches(session: Any) -> Any:
+    """step -> global batch, as the training loop draws it."""
+    source = getattr(session, "source", None)
+    return source.train_batch if source is not None else session.sample
+
+
+def _session(cfg: Any, config_path: str) -> Any:
+    from param_decomp.train.loop import build_session
+
+    return build_session(cfg, config_path, RUNS_DIR, show_progress=False)
+
+
+# ----------------------------------------------------------------------------- FLOP counts
+
+
+def matmul_peak_gflops(reps: int = 10) -> float:
+    """Dense fp32 matmul rate of this machine: best of `reps` jitted (m,k) @ (k,n) products."""
+    m, k, n = MATMUL_SHAPE
+    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
+    f = jax.jit(jnp.matmul)
+    jax.block_until_ready(f(a, b))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(a, b))
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * m * k * n / best / 1e9
+
+
+def _jaxpr_matmul_flops(jaxpr: Any) -> float:
+    """2 * out_size * contraction_size over every dot_general, recursing into sub-jaxprs."""
+    total = 0.0
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "dot_general":
+            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+            lhs_shape = eqn.invars[0].aval.shape
+            contract = int(np.prod([lhs_shape[i] for i in lhs_contract]))
+            total += 2.0 * int(np.prod(eqn.outvars[0].aval.shape)) * contract
+        for value in eqn.params.values():
+            for sub in value if isinstance(value, list | tuple) else (value,):
+                if isinstance(sub, jax.extend.core.ClosedJaxpr):
+                    total += _jaxpr_matmul_flops(sub.jaxpr)
+                elif isinstance(sub, jax.extend.core.Jaxpr):
+                    total += _jaxpr_matmul_flops(sub)
+    return total
+
+
+def analytic_matmul_flops(session: Any, batch: int) -> dict[str, float]:
+    """Dense-matmul FLOPs of one step from shapes (2*m*k*n per product).
+
+    forward = clean forward + CI function + every masked forward the objective's plans run +
+    faithfulness (V @ U per site). The clean forward is under stop_gradient, so it is counted
+    once; everything else is differentiated and counted 3x (forward + ~2x backward).
+    """
+    cfg = session.cfg
+    C = cfg.decomposition.C
+    sites = tuple(cfg.decomposition.sites)
+    target = nnx.merge(session.target_graphdef, session.target_state)
+    weights = target.site_weights()
+    B = batch
+
+    def dense(shape: tuple[int, ...]) -> float:
+        return 2.0 * B * shape[0] * shape[1]
+
+    site_dense = {s: dense(tuple(w.shape)) for s, w in weights.items()}
+    extra = 0.0
+    if hasattr(target, "W_E"):  # ResidMLP embed and unembed
+        f, d = target.W_E[...].shape
+        extra = 2 * (2.0 * B * f * d)
+    clean = sum(site_dense.values()) + extra
+
+    def decomposed(s: str, delta: bool) -> float:
+        d_in, d_out = weights[s].shape
+        out = 2.0 * B * d_in * C + 2.0 * B * C * d_out
+        if delta:
+            out += 2.0 * d_in * C * d_out + 2.0 * B * d_in * d_out
+        return out
+
+    masked = 0.0
+    for plan in session.objective.plans:
+        live_sets = [(s,) for s in sites] if plan.routing == "each" else [sites]
+        for live in live_sets:
+            swapped = sum(decomposed(s, plan.delta) - site_dense[s] for s in live)
+            fwd = clean + swapped
+            masked += plan.n_mask_samples * fwd
+
+    ci_cfg = cfg.decomposition.ci_function
+    ci = 0.0
+    ci_mlp_elementwise = 0.0  # per-component scalar MLPs: broadcast multiplies, not matmuls
+    for s in sites:
+        d_in = weights[s].shape[0]
+        if ci_cfg.type == "per_component_mlp":
+            widths = [1, *ci_cfg.hidden, 1]
+            ci += 2.0 * B * d_in * C  # inner acts x @ V
+            ci_mlp_elementwise += sum(
+                2.0 * B * C * a * b for a, b in zip(widths[:-1], widths[1:], strict=False)
+            )
+        elif ci_cfg.type == "per_site_mlp":
+            widths = [d_in, *ci_cfg.hidden, C]
+            ci += sum(2.0 * B * a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+    if ci_cfg.type == "global_mlp":
+        widths = [sum(weights[s].shape[0] for s in sites), *ci_cfg.hidden, C * len(sites)]
+        ci += sum(2.0 * B * a * b for a, b in zip(widths[:-1], widths[1:], strict=False))
+
+    faithful = sum(2.0 * weights[s].shape[0] * C * weights[s].shape[1] for s in sites)
+    forward = clean + ci + masked + faithful
+    return {
+        "clean_forward": clean,
+        "ci_forward": ci,
+        "ci_mlp_forward_elementwise_not_counted": ci_mlp_elementwise,
+        "masked_forwards": masked,
+        "faithfulness_forward": faithful,
+        "forward_total": forward,
+        "step_total": clean + 3.0 * (ci + masked + faithful),
+    }
+
+
+# ----------------------------------------------------------------------------- speed benches
+
+
+def bench_speed(name: str, steps: int | None, peak_gflops: float) -> dict[str, Any]:
+    spec = SPEED_BENCHES[name]
+    cfg = _config(spec["config"], batch_size=spec["batch"])
+    if "C" in spec:
+        cfg = cfg.model_copy(
+            update={"decomposition": cfg.decomposition.model_copy(update={"C": spec["C"]})}
+        )
+    n_steps = steps or spec["steps"]
+
+    t0 = time.perf_counter()
+    session = _session(cfg, spec["config"])
+    setup_s = time.perf_counter() - t0
+    step_fn, target_state, sample = session.train_step, session.target_state, _batches(session)
+    state = session.state
+
+    batch = jax.block_until_ready(sample(0))
+    t0 = time.perf_counter()
+    state, metrics = step_fn(state, target_state, batch)
+    jax.block_until_ready((state, metrics))
+    compile_s = time.perf_counter() - t0
+
+    # one warm step, excluded from the timing
+    state, metrics = step_fn(state, target_state, sample(1))
+    jax.block_until_ready((state, metrics))
+
+    # steady state: as the training loop runs it (sample + step), synchronised only at the end
+    t0 = time.perf_counter()
+    for i in range(n_steps):
+        state, metrics = step_fn(state, target_state, sample(2 + i))
+    jax.block_until_ready((state, metrics))
+    s_per_step = (time.perf_counter() - t0) / n_steps
+    final_loss = float(metrics["train/loss/total"])
+
+    # FLOPs: XLA's count of the compiled step, the jaxpr's matmuls, and the shape formula
+    batch = sample(0)
+    compiled = step_fn.lower(state, target_state, batch).compile()  # cached: no recompile
+    flops_xla = _cost_flops(compiled)
+    flops_jaxpr = _jaxpr_matmul_flops(jax.make_jaxpr(step_fn)(state, target_state, batch).jaxpr)
+    analytic = analytic_matmul_flops(session, cfg.train.batch_size)
+    flops = flops_xla if flops_xla is not None else analytic["step_total"]
+
+    reference = REFERENCE_S_PER_STEP.get(name)
+    gflops = flops / s_per_step / 1e9
+    return {
+        **_common_fields(name),
+        "config": spec["config"],
+        "batch": cfg.train.batch_size,
+        "C": cfg.decomposition.C,
+        "sites": list(cfg.decomposition.sites),
+        "losses": [t.type for t in session.objective.terms],
+        "steps_timed": n_steps,
+        "s_per_step": s_per_step,
+        "steps_per_s": 1.0 / s_per_step,
+        "compile_s": compile_s,
+        "session_setup_s": setup_s,
+        "flops": flops,
+        "flops_source": "xla_cost_analysis" if flops_xla is not None else "analytic",
+        "flops_per_step_xla": flops_xla,
+        "flops_per_step_analytic_matmul": analytic["step_total"],
+        "flops_analytic_breakdown": analytic,
+        "flops_per_step_jaxpr_matmul": flops_jaxpr,
+        "gflops_per_s": gflops,
+        "gflops_per_s_analytic_matmul": analytic["step_total"] / s_per_step / 1e9,
+        "matmul_peak_gflops": peak_gflops,
+        "fraction_of_matmul_peak": gflops / peak_gflops,
+        "fraction_of_matmul_peak_analytic_matmul": analytic["step_total"]
+        / s_per_step
+        / 1e9
+        / peak_gflops,
+        "reference_s_per_step": reference,
+        "speedup_vs_reference": reference / s_per_step if reference else None,
+        "final_loss_total": final_loss,
+    }
+
+
+# ----------------------------------------------------------------------------- memory bench
+
+
+def _path_names(path: tuple) -> list[str]:
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+
+
+def _per_device_bytes(tree: Any, device: Any) -> dict[str, int]:
+    """Bytes of `tree`'s shards on `device`, split into components (V/U), ci_fns and the rest."""
+    out = {"components": 0, "ci_fns": 0, "other": 0}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        if not isinstance(leaf, jax.Array):
+            continue
+        names = _path_names(path)
+        kind = "components" if "components" in names else "ci_fns" if "ci_fns" in names else "other"
+        out[kind] += sum(s.data.nbytes for s in leaf.addressable_shards if s.device == device)
+    return out
+
+
+def _global_component_bytes(tree: Any) -> int:
+    return sum(
+        leaf.nbytes
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if isinstance(leaf, jax.Array) and "components" in _path_names(path)
+    )
+
+
+def _component_specs(tree: Any) -> dict[str, str]:
+    """PartitionSpec of every component (V/U) leaf: shows at a glance what is sharded."""
+    return {
+        jax.tree_util.keystr(path): str(getattr(leaf.sharding, "spec", leaf.sharding))
+        for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
+        if isinstance(leaf, jax.Array) and "components" in _path_names(path)
+    }
+
+
+def bench_memory_worker() -> dict[str, Any]:
+    """Runs in the 4-device subprocess: one ResidMLP-1 session per tensor size."""
+    from param_decomp.config.schema import Mesh
+
+    config = SPEED_BENCHES["resid_mlp_1"]["config"]
+    C = SPEED_BENCHES["resid_mlp_1"]["C"]
+    device0 = jax.devices()[0]
+    rows = []
+    for t in MEMORY_TENSOR_SIZES:
+        cfg = _config(config, batch_size=MEMORY_BATCH)
+        cfg = cfg.model_copy(
+            update={
+                "mesh": Mesh(data=-1, tensor=t),
+                "decomposition": cfg.decomposition.model_copy(update={"C": C}),
+            }
+        )
+        session = _session(cfg, config)
+        state = session.state
+        params = _per_device_bytes(state.params, device0)
+        opt = _per_device_bytes(state.opt_state, device0)
+        specs = {
+            **{f"params{k}": v for k, v in _component_specs(state.params).items()},
+            **{f"opt_state{k}": v for k, v in _component_specs(state.opt_state).items()},
+        }
+        sample = _batches(session)
+        batch = sample(0)
+        t0 = time.perf_counter()
+        compiled = session.train_step.lower(state, session.target_state, batch).compile()
+        compile_s = time.perf_counter() - t0
+        mem = _memory_analysis(compiled)
+        # a couple of real steps: the sharded step runs and gives the same loss on every mesh
+        t0 = time.perf_counter()
+        for i in range(MEMORY_STEPS):
+            state, metrics = session.train_step(state, session.target_state, sample(i))
+            # one step in flight at a time, like the training loop: queued multi-device
+            # executions can deadlock XLA:CPU's collectives (jax 0.10.2)
+            jax.block_until_ready((state, metrics))
+        loss = float(jax.block_until_ready(metrics["train/loss/total"]))
+        rows.append(
+            {
+                "tensor": t,
+                "mesh": {k: int(v) for k, v in session.plan.mesh.shape.items()},
+                "component_bytes_global": _global_component_bytes(state.params)
+                + _global_component_bytes(state.opt_state),
+                "per_device_params_bytes": params,
+                "per_device_opt_state_bytes": opt,
+                "per_device_component_bytes": params["components"] + opt["components"],
+                "per_device_ci_fn_bytes": params["ci_fns"] + opt["ci_fns"],
+                "per_device_state_bytes": sum(params.values()) + sum(opt.values()),
+                "memory_analysis": mem,
+                "component_partition_specs": specs,
+                "compile_s": compile_s,
+                "s_per_step_first_steps": (time.perf_counter() - t0) / MEMORY_STEPS,
+                "loss_after_steps": loss,
+            }
+        )
+    base = rows[0]
+    for row in rows:
+        t = row["tensor"]
+        row["component_ratio_vs_t1"] = (
+            row["per_device_component_bytes"] / base["per_device_component_bytes"]
+        )
+        row["expected_component_ratio"] = 1.0 / t
+        if row["memory_analysis"] and base["memory_analysis"]:
+            row["memory_analysis_ratio_vs_t1"] = {
+                k: (v / base["memory_analysis"][k] if base["memory_analysis"][k] else None)
+                for k, v in row["memory_analysis"].items()
+            }
+    return {
+        **_common_fields(MEMORY_BENCH),
+        "config": config,
+        "batch": MEMORY_BATCH,
+        "C": C,
+        "steps_timed": None,
+        "s_per_step": None,
+        "steps_per_s": None,
+        "compile_s": None,
+        "flops": None,
+        "gflops_per_s": None,
+        "matmul_peak_gflops": None,
+        "note": (
+            f"{MEMORY_DEVICES} simulated CPU devices (--xla_force_host_platform_device_count); "
+            "per-device bytes are device 0's shards; timings here are not speed measurements"
+        ),
+        "by_tensor_size": rows,
+    }
+
+
+def bench_memory() -> dict[str, Any]:
+    """Re-invoke this script with 4 simulated devices and read back the JSON it writes."""
+    env = dict(os.environ)
+    proc = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), MEMORY_WORKER_FLAG],
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"memory bench subprocess failed with exit code {proc.returncode}")
+    return json.loads((RESULTS_DIR / f"{MEMORY_BENCH}.json").read_text())
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_speed_table(results: list[dict[str, Any]]) -> None:
+    header = (
+        f"{'bench':<13} {'batch':>6} {'compile_s':>9} {'s/step':>9} {'steps/s':>8} "
+        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7}"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        print(
+            f"{r['name']:<13} {r['batch']:>6} {r['compile_s']:>9.2f} {r['s_per_step']:>9.5f} "
+            f"{r['steps_per_s']:>8.1f} {r['flops'] / 1e9:>10.3f} {r['gflops_per_s']:>8.2f} "
+            f"{100 * r['fraction_of_matmul_peak']:>5.1f}% "
+            f"{_fmt(r['speedup_vs_reference'], '>6.1f')}x"
+        )
+    if results:
+        print(f"matmul peak (fp32 {MATMUL_SHAPE}): {results[0]['matmul_peak_gflops']:.1f} GFLOP/s")
+
+
+def print_memory_table(result: dict[str, Any]) -> None:
+    header = (
+        f"{'tensor':>6} {'mesh':<22} {'V/U+opt B/dev':>14} {'ratio':>6} {'ci+opt B/dev':>12} "
+        f"{'arg B':>10} {'out B':>10} {'temp B':>10}"
+    )
+    print(f"{MEMORY_BENCH} (ResidMLP-1, C={result['C']}, {result['n_devices']} devices)")
+    print(header)
+    print("-" * len(header))
+    for r in result["by_tensor_size"]:
+        mem = r["memory_analysis"] or {}
+        print(
+            f"{r['tensor']:>6} {json.dumps(r['mesh']):<22} {r['per_device_component_bytes']:>14} "
+            f"{r['component_ratio_vs_t1']:>6.3f} {r['per_device_ci_fn_bytes']:>12} "
+            f"{_fmt(mem.get('argument_size_in_bytes'), '>10')} "
+            f"{_fmt(mem.get('output_size_in_bytes'), '>10')} "
+            f"{_fmt(mem.get('temp_size_in_bytes'), '>10')}"
+        )
+
+
+def _parse_only(values: list[str] | None) -> list[str]:
+    if not values:
+        return list(ALL_BENCHES)
+    names = [n.strip() for v in values for n in v.split(",") if n.strip()]
+    unknown = [n for n in names if n not in ALL_BENCHES]
+    if unknown:
+        raise SystemExit(f"unknown bench(es) {unknown}; choose from {list(ALL_BENCHES)}")
+    return names
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument(
+        "--only", action="append", help=f"bench(es) to run: {', '.join(ALL_BENCHES)}"
+    )
+    parser.add_argument("--steps", type=int, help="steps timed per speed bench (default: each's)")
+    parser.add_argument(MEMORY_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.chdir(REPO)  # config paths and runs/ are relative to the repo root
+
+    if args.memory_worker:
+        result = bench_memory_worker()
+        _write(result)
+        return 0
+
+    names = _parse_only(args.only)
+    speed = [n for n in names if n in SPEED_BENCHES]
+    results = []
+    if speed:
+        peak = matmul_peak_gflops()
+        for name in speed:
+            results.append(bench_speed(name, args.steps, peak))
+        # re-measured at the end, best of both: one noisy measurement must not inflate %peak
+        peak = max(peak, matmul_peak_gflops())
+        for result in results:
+            result["matmul_peak_gflops"] = peak
+            result["fraction_of_matmul_peak"] = result["gflops_per_s"] / peak
+            result["fraction_of_matmul_peak_analytic_matmul"] = (
+                result["gflops_per_s_analytic_matmul"] / peak
+            )
+            print(f"wrote {_write(result).relative_to(REPO)}")
+    memory = bench_memory() if MEMORY_BENCH in names else None
+    if memory is not None:
+        print(f"wrote {(RESULTS_DIR / f'{MEMORY_BENCH}.json').relative_to(REPO)}")
+    print()
+    if results:
+        print_speed_table(results)
+        print()
+    if memory is not None:
+        print_memory_table(memory)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
