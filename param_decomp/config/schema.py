@@ -56,7 +56,7 @@ class SparseFeatureData(StrictModel):
 
 
 class Schedule(StrictModel):
-    """Learning-rate schedule (SPEC S-SCHED): linear warmup from 0, then decay to final."""
+    """Learning-rate schedule (SPEC S10): linear warmup from 0, then decay to final."""
 
     kind: Literal["constant", "linear", "cosine"] = "constant"
     warmup_pct: Fraction = 0.0

@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from jaxtyping import Array, Float
-from pydantic import ConfigDict
+from pydantic import ConfigDict, PositiveFloat, PositiveInt
+from pydantic.dataclasses import dataclass as dataclass_validated
 
-from param_decomp.decomposition.sources import ReconPlan
+from param_decomp.decomposition.sources import ReconPlan, Routing, SourceKind
 
 TERM_CONFIG = ConfigDict(extra="forbid")
 
@@ -71,3 +72,28 @@ class LossTerm(Protocol):
 
 
 OutputDistance = Callable[[Array, Array], Array]
+
+
+@dataclass_validated(frozen=True, config=TERM_CONFIG)
+class PlanFields:
+    """YAML keys of every term that consumes masked forwards (S6)."""
+
+    coeff: PositiveFloat
+    n_mask_samples: PositiveInt = 1
+    source: SourceKind = "continuous"
+    delta_component: bool = True
+
+
+class ConsumesPlan:
+    """`needs` for terms reading one reconstruction plan; `routing` comes from the term."""
+
+    routing: Routing
+    n_mask_samples: int
+    source: SourceKind
+    delta_component: bool
+
+    def plan(self) -> ReconPlan:
+        return ReconPlan(self.routing, self.source, self.n_mask_samples, self.delta_component)
+
+    def needs(self) -> Needs:
+        return Needs(plan=self.plan())

@@ -10,11 +10,11 @@ from typing import Annotated, Literal
 
 import jax.numpy as jnp
 from jaxtyping import Array
-from pydantic import Field, PositiveFloat, PositiveInt
+from pydantic import Field
 from pydantic.dataclasses import dataclass
 
-from param_decomp.decomposition.sources import ReconPlan, Routing, SourceKind
-from param_decomp.losses.base import TERM_CONFIG, Needs, StepContext, TermResult
+from param_decomp.decomposition.sources import Routing
+from param_decomp.losses.base import TERM_CONFIG, ConsumesPlan, PlanFields, StepContext, TermResult
 from param_decomp.losses.lm_objectives import cross_entropy, focal
 from param_decomp.losses.registry import register_term
 
@@ -24,22 +24,12 @@ def next_token_pairs(logits: Array, tokens: Array) -> tuple[Array, Array]:
     return logits[:, :-1], tokens[:, 1:]
 
 
-class _MaskedLMTerm:
+class _MaskedLMTerm(ConsumesPlan):
     coeff: float
-    routing: Routing
-    source: SourceKind
-    n_mask_samples: int
-    delta_component: bool
     type: str
 
-    def plan(self) -> ReconPlan:
-        return ReconPlan(self.routing, self.source, self.n_mask_samples, self.delta_component)
-
-    def needs(self) -> Needs:
-        return Needs(plan=self.plan())
-
     def objective(self, logits: Array, labels: Array) -> Array:
-        raise NotImplementedError
+        raise NotImplementedError  # each registered term defines its objective
 
     def __call__(self, ctx: StepContext) -> TermResult:
         outputs = ctx.recon_outputs[self.plan()]
@@ -54,12 +44,8 @@ class _MaskedLMTerm:
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class MaskedCrossEntropy(_MaskedLMTerm):
-    coeff: PositiveFloat
+class MaskedCrossEntropy(_MaskedLMTerm, PlanFields):
     routing: Routing = "all"
-    source: SourceKind = "continuous"
-    n_mask_samples: PositiveInt = 1
-    delta_component: bool = True
     type: Literal["cross_entropy"] = "cross_entropy"
 
     def objective(self, logits: Array, labels: Array) -> Array:
@@ -68,13 +54,9 @@ class MaskedCrossEntropy(_MaskedLMTerm):
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class MaskedFocal(_MaskedLMTerm):
-    coeff: PositiveFloat
+class MaskedFocal(_MaskedLMTerm, PlanFields):
     gamma: Annotated[float, Field(ge=0.0)] = 2.0
     routing: Routing = "all"
-    source: SourceKind = "continuous"
-    n_mask_samples: PositiveInt = 1
-    delta_component: bool = True
     type: Literal["focal"] = "focal"
 
     def objective(self, logits: Array, labels: Array) -> Array:

@@ -9,33 +9,21 @@ from __future__ import annotations
 from typing import Literal
 
 import jax.numpy as jnp
-from pydantic import PositiveFloat, PositiveInt
 from pydantic.dataclasses import dataclass
 
-from param_decomp.decomposition.sources import ReconPlan, Routing, SourceKind
-from param_decomp.losses.base import TERM_CONFIG, Needs, StepContext, TermResult
+from param_decomp.losses.base import TERM_CONFIG, ConsumesPlan, PlanFields, StepContext, TermResult
 from param_decomp.losses.distances import OUTPUT_DISTANCES
 from param_decomp.losses.registry import register_term
 
 Distance = Literal["mse", "kl"]
 
 
-class _ReconTerm:
+class _ReconTerm(ConsumesPlan):
     """Shared behaviour; subclasses fix `routing` and their YAML `type`."""
 
-    routing: Routing
     coeff: float
-    n_mask_samples: int
-    source: SourceKind
-    delta_component: bool
     distance: Distance
     type: str
-
-    def plan(self) -> ReconPlan:
-        return ReconPlan(self.routing, self.source, self.n_mask_samples, self.delta_component)
-
-    def needs(self) -> Needs:
-        return Needs(plan=self.plan())
 
     def __call__(self, ctx: StepContext) -> TermResult:
         dist = OUTPUT_DISTANCES[self.distance]
@@ -47,11 +35,7 @@ class _ReconTerm:
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class StochasticRecon(_ReconTerm):
-    coeff: PositiveFloat
-    n_mask_samples: PositiveInt = 1
-    source: SourceKind = "continuous"
-    delta_component: bool = True
+class StochasticRecon(_ReconTerm, PlanFields):
     distance: Distance = "mse"
     type: Literal["stochastic_recon"] = "stochastic_recon"
     routing = "all"
@@ -59,11 +43,7 @@ class StochasticRecon(_ReconTerm):
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class StochasticReconLayerwise(_ReconTerm):
-    coeff: PositiveFloat
-    n_mask_samples: PositiveInt = 1
-    source: SourceKind = "continuous"
-    delta_component: bool = True
+class StochasticReconLayerwise(_ReconTerm, PlanFields):
     distance: Distance = "mse"
     type: Literal["stochastic_recon_layerwise"] = "stochastic_recon_layerwise"
     routing = "each"
@@ -71,11 +51,7 @@ class StochasticReconLayerwise(_ReconTerm):
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class StochasticReconSubset(_ReconTerm):
-    coeff: PositiveFloat
-    n_mask_samples: PositiveInt = 1
-    source: SourceKind = "continuous"
-    delta_component: bool = True
+class StochasticReconSubset(_ReconTerm, PlanFields):
     distance: Distance = "mse"
     type: Literal["stochastic_recon_subset"] = "stochastic_recon_subset"
     routing = "subset"
@@ -83,10 +59,10 @@ class StochasticReconSubset(_ReconTerm):
 
 @register_term
 @dataclass(frozen=True, config=TERM_CONFIG)
-class CIMaskedRecon(_ReconTerm):
-    coeff: PositiveFloat
+class CIMaskedRecon(_ReconTerm, PlanFields):
+    """mask = ci exactly: one forward, no source, no delta channel (S6.4)."""
+
     n_mask_samples: Literal[1] = 1
-    source: SourceKind = "continuous"
     delta_component: Literal[False] = False
     distance: Distance = "mse"
     type: Literal["ci_masked_recon"] = "ci_masked_recon"

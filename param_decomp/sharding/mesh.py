@@ -6,21 +6,15 @@ import jax
 import numpy as np
 from jax.sharding import Mesh
 
+from param_decomp.config.loading import resolve_mesh_shape
 from param_decomp.config.schema import Mesh as MeshConfig
 
 AXES = ("data", "fsdp", "tensor")
 
 
-def mesh_shape(cfg: MeshConfig, n_devices: int) -> dict[str, int]:
-    """Axis sizes with data = -1 resolved to the devices the other axes leave."""
-    other = cfg.fsdp * cfg.tensor
-    data = cfg.data if cfg.data != -1 else max(n_devices // other, 1)
-    return {"data": data, "fsdp": cfg.fsdp, "tensor": cfg.tensor}
-
-
 def build_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
     devices = jax.devices() if devices is None else devices
-    shape = mesh_shape(cfg, len(devices))
+    shape = resolve_mesh_shape(cfg, len(devices))
     n = int(np.prod(list(shape.values())))
     if n != len(devices):
         raise ValueError(f"mesh {shape} needs {n} devices, {len(devices)} available")

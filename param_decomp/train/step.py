@@ -109,7 +109,7 @@ def make_faithfulness_warmup(
     weight_decay: float,
     steps: int,
 ) -> Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]]:
-    """`steps` AdamW steps on faithfulness alone, over V/U only, in one jitted fori_loop (S12)."""
+    """`steps` AdamW steps on faithfulness alone, over V/U only, in one jitted fori_loop (S4.2)."""
     from param_decomp.losses.faithfulness import faithfulness_loss
 
     optimizer = optax.adamw(lr, weight_decay=weight_decay)

@@ -24,24 +24,13 @@ def _as_arrays(tree: object) -> object:
     return np.asarray(tree, np.float64)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.parametrize("mesh_name", ["data4", "data2_tensor2"])
-def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_name: str) -> None:
-    out = tmp_path / "trajectory.json"
-    port = _free_port()
+def _run_together(commands: list[list[str]], **popen_kwargs: object) -> None:
+    """Start every command at once, wait (with a timeout), kill leftovers, assert all exit 0."""
     procs = [
         subprocess.Popen(
-            [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), mesh_name],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_kwargs
         )
-        for pid in range(2)
+        for cmd in commands
     ]
     logs = []
     try:
@@ -53,6 +42,24 @@ def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_
                 p.kill()
                 p.wait()
     assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mesh_name", ["data4", "data2_tensor2"])
+def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_name: str) -> None:
+    out = tmp_path / "trajectory.json"
+    port = _free_port()
+    _run_together(
+        [
+            [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), mesh_name]
+            for pid in range(2)
+        ]
+    )
     got = json.loads(out.read_text())
     assert got["devices"] == 4
     ref_history, ref_params = trajectory(toy_problem(), *MESHES[mesh_name])
@@ -68,8 +75,8 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[2]
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    procs = [
-        subprocess.Popen(
+    _run_together(
+        [
             [
                 sys.executable,
                 "-m",
@@ -85,25 +92,12 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
                 "2",
                 "--process-id",
                 str(pid),
-            ],
-            cwd=repo,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
+            ]
+            for pid in range(2)
+        ],
+        cwd=repo,
+        env=env,
+    )
     run = tmp_path / "tms_tiny"
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # written once (process 0), not once per process
