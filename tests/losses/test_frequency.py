@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -10,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 
 from param_decomp.losses.importance import (
+    FrequencyBlock,
     ImportanceMinimality,
     PNormPsi,
-    activity,
     component_means,
     frequency,
 )
@@ -51,7 +52,8 @@ def test_s8_4_legacy_beta_is_rejected_with_the_migration() -> None:
 
 
 def test_s8_4_migrated_config_reproduces_legacy_rolled_value(goldens_dir: Path) -> None:
-    """The split form at a' = B*T, freq coeff = coeff*beta equals the legacy rolled value."""
+    """The migrated term (coeff 1, frequency {coeff: beta, reference_token_count: B*T}) gives the
+    legacy rolled value bit for bit in float32, and matches the reference golden."""
     data = json.loads((goldens_dir / "imp_min.json").read_text())
     for case in data["cases"]:
         i = case["inputs"]
@@ -59,10 +61,19 @@ def test_s8_4_migrated_config_reproduces_legacy_rolled_value(goldens_dir: Path) 
             continue
         ci = {s: jnp.asarray(np.asarray(v), jnp.float32) for s, v in i["ci_upper"].items()}
         beta, bt, p = float(i["beta"]), float(i["global_batch_positions"]), float(i["p_start"])
-        f = {s: _f(c, p) for s, c in ci.items()}
-        migrated = activity(f) + beta * frequency(f, bt)
+        term = (
+            ImportanceMinimality(
+                coeff=1.0, pnorm=p, frequency=FrequencyBlock(coeff=beta, reference_token_count=bt)
+            )
+            if beta > 0
+            else ImportanceMinimality(coeff=1.0, pnorm=p)
+        )
+        psi = term.psi()
+        f = {s: component_means(psi(c, jnp.zeros(()))) for s, c in ci.items()}
+        ctx = SimpleNamespace(component_means={psi: f}, progress=jnp.zeros(()))
+        migrated = term(ctx).weighted
         rolled = sum(jnp.sum(fc * (1.0 + beta * jnp.log2(1.0 + bt * fc))) for fc in f.values())
-        np.testing.assert_allclose(float(migrated), float(rolled), rtol=2e-7)
+        assert np.float32(migrated) == np.float32(rolled), (case["name"], migrated, rolled)
         want = float(case["expected"]["loss"])
         assert abs(float(migrated) - want) <= case["atol"] + case["rtol"] * abs(want)
 
