@@ -39,6 +39,7 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
         ["'importance_minimalty'", "Did you mean 'importance_minimality'?", "smooth_l0"],
     ),
     ("negative_coeff", "losses[0].coeff", ["greater than 0", "-1.0"]),
+    ("missing_coeff", "losses[0].coeff", ["required key missing"]),
     ("c_zero", "decomposition.C", ["greater than 0", "got 0"]),
     ("missing_target", "target", ["required key missing"]),
     ("target_not_found", "target", ["no_such_target.yaml", "not found"]),
