@@ -36,6 +36,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
+import param_decomp  # noqa: E402, F401  (its XLA:CPU defaults must precede jax's backend start)
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 RUNS_DIR = Path("runs")  # relative to the repo root, like the CLI: target caches are shared
@@ -286,7 +288,7 @@ def bench_speed(name: str, steps: int | None, peak_gflops: float) -> dict[str, A
     batch = sample(0)
     compiled = step_fn.lower(state, target_state, batch).compile()  # cached: no recompile
     flops_xla = _cost_flops(compiled)
-    flops_jaxpr = _jaxpr_matmul_flops(jax.make_jaxpr(step_fn)(state, target_state, batch).jaxpr)
+    flops_jaxpr = _jaxpr_matmul_flops(step_fn.trace(state, target_state, batch).jaxpr.jaxpr)
     analytic = analytic_matmul_flops(session, cfg.train.batch_size)
     flops = flops_xla if flops_xla is not None else analytic["step_total"]
 
