@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 from pydantic import ConfigDict, PositiveFloat, PositiveInt
 from pydantic.dataclasses import dataclass as dataclass_validated
@@ -91,9 +92,18 @@ class ConsumesPlan:
     n_mask_samples: int
     source: SourceKind
     delta_component: bool
+    coeff: float
+    type: str
 
     def plan(self) -> ReconPlan:
         return ReconPlan(self.routing, self.source, self.n_mask_samples, self.delta_component)
 
     def needs(self) -> Needs:
         return Needs(plan=self.plan())
+
+    def plan_result(self, ctx: StepContext, per_output: Callable[[Array], Array]) -> TermResult:
+        """`per_output` averaged over the plan's mask samples and forwards (S6.6), weighted by
+        `coeff` and logged under the term's `type`."""
+        outputs = ctx.recon_outputs[self.plan()]
+        value = jnp.mean(jnp.stack([per_output(out) for sample in outputs for out in sample]))
+        return TermResult(self.coeff * value, {self.type: value})

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-import jax.numpy as jnp
 from jaxtyping import Array
 from pydantic import Field
 from pydantic.dataclasses import dataclass
@@ -32,14 +31,7 @@ class _MaskedLMTerm(ConsumesPlan):
         raise NotImplementedError  # each registered term defines its objective
 
     def __call__(self, ctx: StepContext) -> TermResult:
-        outputs = ctx.recon_outputs[self.plan()]
-        values = [
-            self.objective(*next_token_pairs(out, ctx.batch))
-            for sample in outputs
-            for out in sample
-        ]
-        value = jnp.mean(jnp.stack(values))
-        return TermResult(self.coeff * value, {self.type: value})
+        return self.plan_result(ctx, lambda out: self.objective(*next_token_pairs(out, ctx.batch)))
 
 
 @register_term

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import jax.numpy as jnp
 from pydantic.dataclasses import dataclass
 
 from param_decomp.losses.base import TERM_CONFIG, ConsumesPlan, PlanFields, StepContext, TermResult
@@ -27,10 +26,7 @@ class _ReconTerm(ConsumesPlan):
 
     def __call__(self, ctx: StepContext) -> TermResult:
         dist = OUTPUT_DISTANCES[self.distance]
-        outputs = ctx.recon_outputs[self.plan()]
-        values = [dist(out, ctx.clean_output) for sample in outputs for out in sample]
-        value = jnp.mean(jnp.stack(values))
-        return TermResult(self.coeff * value, {self.type: value})
+        return self.plan_result(ctx, lambda out: dist(out, ctx.clean_output))
 
 
 @register_term
