@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import jax.numpy as jnp
@@ -45,5 +44,3 @@ def masked_site_fn(
 
     return site_fn
 
-
-Forwarder = Callable[[SiteFn], Array]

@@ -6,6 +6,7 @@ functions (`lm_objectives`) serve target pretraining objectives.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 from jaxtyping import Array
@@ -24,11 +25,11 @@ def next_token_pairs(logits: Array, tokens: Array) -> tuple[Array, Array]:
 
 
 class _MaskedLMTerm(ConsumesPlan):
+    """Shared behaviour; every registered subclass defines `objective(logits, labels)`."""
+
     coeff: float
     type: str
-
-    def objective(self, logits: Array, labels: Array) -> Array:
-        raise NotImplementedError  # each registered term defines its objective
+    objective: Callable[[Array, Array], Array]
 
     def __call__(self, ctx: StepContext) -> TermResult:
         return self.plan_result(ctx, lambda out: self.objective(*next_token_pairs(out, ctx.batch)))
