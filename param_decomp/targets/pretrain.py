@@ -32,7 +32,7 @@ from param_decomp.data.text import (
 )
 from param_decomp.losses import lm_objectives as lm
 from param_decomp.targets.llama import Llama
-from param_decomp.train.checkpoint import latest_step, restore_pytree, save_pytree
+from param_decomp.train.checkpoint import latest_step, restore_module, save_module
 from param_decomp.train.optimizer import make_optimizer
 
 RUNS_DIR = Path("runs")
@@ -144,7 +144,7 @@ def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -
     ckpt = out_dir / "checkpoint"
     if ckpt.exists():  # a rerun retrains from scratch and replaces the cached model
         shutil.rmtree(ckpt)
-    save_pytree(ckpt, steps, nnx.state(model))
+    save_module(ckpt, steps, model)
     return model
 
 
@@ -154,6 +154,4 @@ def load_pretrained(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Llama:
     if latest_step(ckpt) is None:
         print(f"no pretrained model at {ckpt}; pretraining it first")
         return pretrain(cfg, runs_dir)
-    graphdef, state = nnx.split(build_llama(cfg))
-    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), state)
-    return nnx.merge(graphdef, restore_pytree(ckpt, abstract))
+    return restore_module(ckpt, build_llama(cfg))

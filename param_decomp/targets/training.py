@@ -7,7 +7,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import yaml
 from flax import nnx
@@ -16,7 +15,7 @@ from param_decomp.config.errors import ConfigError
 from param_decomp.config.schema import LlamaModel, TargetConfig
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.targets.build import build_target
-from param_decomp.train.checkpoint import latest_step, restore_pytree, save_pytree
+from param_decomp.train.checkpoint import latest_step, restore_module, save_module
 from param_decomp.train.optimizer import make_optimizer
 
 RUNS_DIR = Path("runs")
@@ -78,10 +77,7 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
                 print(f"target {cfg.run_name} step {step:>6d} loss {loss:.3e}")
     params = carry[0]
     trained = nnx.merge(graphdef, params, frozen)
-    # host copies: every process trained the same target, and numpy leaves are written once
-    save_pytree(
-        out_dir / "checkpoint", cfg.train.steps, jax.tree.map(np.asarray, nnx.state(trained))
-    )
+    save_module(out_dir / "checkpoint", cfg.train.steps, trained)
     return trained
 
 
@@ -91,7 +87,4 @@ def load_or_train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> nnx.Mo
     if latest_step(ckpt) is None:
         print(f"no trained target at {ckpt}; training it first")
         return train_target(cfg, runs_dir)
-    model = build_target(cfg)
-    graphdef, state = nnx.split(model)
-    host_template = jax.tree.map(np.asarray, state)  # restore as host arrays on every process
-    return nnx.merge(graphdef, restore_pytree(ckpt, host_template))
+    return restore_module(ckpt, build_target(cfg))
