@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from param_decomp.decomposition.masked_forward import masked_site_fn, recording_site_fn
+from param_decomp.decomposition.masked_forward import clean_forward, masked_site_fn
 from param_decomp.decomposition.sources import ReconPlan, draw_plan_sources, live_sites
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
 from param_decomp.losses.importance import component_means
@@ -87,16 +87,15 @@ class Objective:
         self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array
     ) -> StepContext:
         """Full fused pass from the batch: clean forward, CI, then `context_from_ci`."""
-        site_inputs: dict[str, Array] = {}
-        with jax.named_scope("clean_forward"):
-            clean = jax.lax.stop_gradient(target(x, recording_site_fn(site_inputs)))
-        all_weights = target.site_weights()
         sites = decomposition.site_names
+        with jax.named_scope("clean_forward"):
+            clean, site_inputs = jax.lax.stop_gradient(clean_forward(target, x, sites))
+        all_weights = target.site_weights()
         weights = {s: jax.lax.stop_gradient(all_weights[s]) for s in sites}
-        inputs = {s: jax.lax.stop_gradient(site_inputs[s]) for s in sites}
+
         VU = decomposition.all_VU()
         with jax.named_scope("ci_function"):
-            ci_lower, ci_upper = decomposition.causal_importances(inputs, VU)
+            ci_lower, ci_upper = decomposition.causal_importances(site_inputs, VU)
         return self.context_from_ci(
             target, x, clean, weights, VU, ci_lower, ci_upper, sources, progress
         )

@@ -21,6 +21,13 @@ def recording_site_fn(store: dict[str, Array]) -> SiteFn:
     return site_fn
 
 
+def clean_forward(target: Any, x: Array, sites: tuple[str, ...]) -> tuple[Array, dict[str, Array]]:
+    """The target's own output on x and the inputs the given sites saw (the CI reads them)."""
+    store: dict[str, Array] = {}
+    out = target(x, recording_site_fn(store))
+    return out, {s: store[s] for s in sites}
+
+
 def masked_site_fn(
     live: tuple[str, ...],
     VU: dict[str, tuple[Array, Array]],
@@ -43,4 +50,3 @@ def masked_site_fn(
         return out
 
     return site_fn
-

@@ -11,7 +11,7 @@ from flax import nnx
 
 from param_decomp.config.schema import DecomposeConfig
 from param_decomp.data.sources import BatchSource
-from param_decomp.decomposition.masked_forward import recording_site_fn
+from param_decomp.decomposition.masked_forward import clean_forward
 from param_decomp.eval.summary import alive_components
 from param_decomp.objective import Objective
 from param_decomp.train.step import objective_loss
@@ -19,9 +19,8 @@ from param_decomp.train.step import objective_loss
 
 def causal_importance_on(model: Any, target: Any, x: jax.Array) -> dict[str, jax.Array]:
     """ci_lower of every site on inputs x."""
-    inputs: dict[str, jax.Array] = {}
-    target(x, recording_site_fn(inputs))
-    lower, _ = model.causal_importances({s: inputs[s] for s in model.site_names}, model.all_VU())
+    _, inputs = clean_forward(target, x, model.site_names)
+    lower, _ = model.causal_importances(inputs, model.all_VU())
     return lower
 
 
