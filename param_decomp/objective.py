@@ -1,9 +1,10 @@
 """The config's loss list as one closed objective, and the one fused pass that feeds it.
 
 `Objective.from_terms` gathers what the terms consume (distinct psi specs, distinct recon plans)
-once, before anything compiles. `evaluate` then runs ONE clean target forward, ONE CI
-evaluation, ONE per-component mean per distinct psi, and exactly the masked forwards the
-distinct plans need, and hands the shared `StepContext` to every term (SPEC S9).
+once, before anything compiles. `evaluate` then runs ONE clean target forward, ONE x @ V per
+site, ONE CI evaluation, ONE per-component mean per distinct psi, and exactly the masked
+forwards the distinct plans need (each reusing the clean products where its site input is the
+clean one), and hands the shared `StepContext` to every term (SPEC S9).
 """
 
 from __future__ import annotations
@@ -15,8 +16,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
-from param_decomp.decomposition.masked_forward import clean_forward, masked_site_fn
-from param_decomp.decomposition.sources import ReconPlan, draw_plan_sources, live_sites
+from param_decomp.decomposition.masked_forward import (
+    CleanRecord,
+    clean_forward,
+    inner_acts,
+    masked_site_fn,
+)
+from param_decomp.decomposition.sources import ReconPlan, draw_plans_sources, live_sites
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
 from param_decomp.losses.importance import component_means
 
@@ -43,24 +49,32 @@ class Objective:
     def draw_sources(
         self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
     ) -> PlanSources:
-        keys = jax.random.split(key, max(len(self.plans), 1))
-        pairs = zip(self.plans, keys, strict=False)
-        return {p: draw_plan_sources(p, k, batch_shape, sites, C) for p, k in pairs}
+        """Every plan's sources from one draw (S6.5)."""
+        return draw_plans_sources(self.plans, key, batch_shape, sites, C)
 
     def context_from_ci(
         self,
         target: Any,
         x: Array,
         clean_output: Array,
+        record: CleanRecord,
         weights: dict[str, Array],
         VU: dict[str, tuple[Array, Array]],
         ci_lower: dict[str, Array],
         ci_upper: dict[str, Array],
         sources: PlanSources,
         progress: Array,
+        acts: dict[str, Array] | None = None,
     ) -> StepContext:
-        """The shared quantities downstream of the CI: per-component means and masked forwards."""
+        """The shared quantities downstream of the CI: per-component means and masked forwards.
+
+        `record` is the clean forward's per-site inputs and outputs and `acts` the inner
+        activations x @ V on them (formed here when not given): every masked forward reuses
+        them where its site input is the clean one (S9.4).
+        """
         sites = tuple(VU)
+        if acts is None:
+            acts = inner_acts(record, VU)
         ctx = StepContext(
             x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32)
         )
@@ -75,7 +89,7 @@ class Objective:
                 row = []
                 for i, fwd in enumerate(sample):
                     site_fn = masked_site_fn(
-                        live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta
+                        live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta, record, acts
                     )
                     with jax.named_scope("masked_forward"):
                         row.append(target(x, site_fn))
@@ -86,18 +100,21 @@ class Objective:
     def context(
         self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array
     ) -> StepContext:
-        """Full fused pass from the batch: clean forward, CI, then `context_from_ci`."""
+        """Full fused pass from the batch: clean forward, x @ V once per site, CI, then
+        `context_from_ci`."""
         sites = decomposition.site_names
         with jax.named_scope("clean_forward"):
-            clean, site_inputs = jax.lax.stop_gradient(clean_forward(target, x, sites))
+            clean, record = jax.lax.stop_gradient(clean_forward(target, x, sites))
         all_weights = target.site_weights()
         weights = {s: jax.lax.stop_gradient(all_weights[s]) for s in sites}
 
         VU = decomposition.all_VU()
+        with jax.named_scope("inner_acts"):
+            acts = inner_acts(record, VU)
         with jax.named_scope("ci_function"):
-            ci_lower, ci_upper = decomposition.causal_importances(site_inputs, VU)
+            ci_lower, ci_upper = decomposition.causal_importances(record.inputs, VU, acts)
         return self.context_from_ci(
-            target, x, clean, weights, VU, ci_lower, ci_upper, sources, progress
+            target, x, clean, record, weights, VU, ci_lower, ci_upper, sources, progress, acts
         )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:

@@ -21,8 +21,20 @@ def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], fan_in: int, gain: float) ->
     return jax.random.normal(rngs.params(), shape, jnp.float32) * (gain / fan_in**0.5)
 
 
+# Above this many (in x out) unit pairs a hidden layer is one batched einsum instead of unrolled.
+MAX_UNROLLED_PAIRS = 1024
+
+
 class PerComponentMLP(nnx.Module):
-    """C independent scalar MLPs 1 -> h_1 -> ... -> 1, evaluated as batched einsums."""
+    """C independent scalar MLPs 1 -> h_1 -> ... -> 1 (S5.1).
+
+    Evaluated with the hidden units unrolled: every unit is one (*b, C) array and every layer a
+    sum of broadcast multiply-adds over them, so the whole MLP compiles into a few elementwise
+    fusions over (*b, C). The (*b, C, hidden) form it replaces makes XLA:CPU emit a broadcast-
+    multiply-reduce per layer and its transposes in the backward, which ran 1.7x slower on both
+    toys (bench/README.md, "CI function"). Layers wider than MAX_UNROLLED_PAIRS fall back to a
+    batched einsum.
+    """
 
     def __init__(self, C: int, hidden: list[int], *, rngs: nnx.Rngs):
         widths = [1, *hidden, 1]
@@ -35,19 +47,30 @@ class PerComponentMLP(nnx.Module):
         self.biases = nnx.List([nnx.Param(jnp.zeros((C, b), jnp.float32)) for b in widths[1:]])
 
     def __call__(self, acts: Float[Array, "*b C"]) -> Float[Array, "*b C"]:
-        h = acts[..., None]
+        units = [acts]  # one (*b, C) array per unit of the current layer
         last = len(self.weights) - 1
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            w = w[...]
-            if w.shape[1] == 1:  # scalar in: a broadcast multiply, not a tiny batched matmul
-                h = h * w[:, 0, :] + b[...]
-            elif w.shape[2] == 1:  # scalar out: a multiply-reduce
-                h = jnp.sum(h * w[:, :, 0], axis=-1, keepdims=True) + b[...]
-            else:
-                h = jnp.einsum("...ca,cab->...cb", h, w) + b[...]
+            units = _per_component_layer(units, w[...], b[...])
             if i < last:
-                h = jax.nn.gelu(h)
-        return h[..., 0]
+                units = [jax.nn.gelu(u) for u in units]
+        return units[0]
+
+
+def _per_component_layer(
+    units: list[Float[Array, "*b C"]], w: Float[Array, "C a b"], b: Float[Array, "C b"]
+) -> list[Float[Array, "*b C"]]:
+    """out_j = sum_i units_i * w[:, i, j] + b[:, j], per component."""
+    n_in, n_out = w.shape[1], w.shape[2]
+    if n_in * n_out > MAX_UNROLLED_PAIRS:
+        h = jnp.einsum("...ca,cab->...cb", jnp.stack(units, axis=-1), w) + b
+        return [h[..., j] for j in range(n_out)]
+    outs = []
+    for j in range(n_out):
+        out = units[0] * w[:, 0, j] + b[:, j]
+        for k in range(1, n_in):
+            out = out + units[k] * w[:, k, j]
+        outs.append(out)
+    return outs
 
 
 class VectorMLP(nnx.Module):

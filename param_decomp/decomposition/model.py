@@ -74,15 +74,18 @@ class DecompositionModel(nnx.Module):
         return {s: self.site_VU(s) for s in self.site_names}
 
     def ci_pre_activations(
-        self, site_inputs: dict[str, Float[Array, "*b d_in"]], VU: dict[str, tuple[Array, Array]]
+        self,
+        site_inputs: dict[str, Float[Array, "*b d_in"]],
+        VU: dict[str, tuple[Array, Array]],
+        acts: dict[str, Float[Array, "*b C"]] | None = None,
     ) -> dict[str, Float[Array, "*b C"]]:
-        """One CI evaluation for every site (S5); squash afterwards."""
+        """One CI evaluation for every site (S5); squash afterwards. `acts` are the inner
+        activations x @ V when the caller already has them (S9.4), else they are formed here."""
         kind = self.ci_kind
         if kind == "per_component_mlp":
-            return {
-                s: self.ci_fns[s.replace(".", "_")](component_acts(site_inputs[s], VU[s][0]))
-                for s in self.site_names
-            }
+            if acts is None:
+                acts = {s: component_acts(site_inputs[s], VU[s][0]) for s in self.site_names}
+            return {s: self.ci_fns[s.replace(".", "_")](acts[s]) for s in self.site_names}
         if kind == "per_site_mlp":
             return {s: self.ci_fns[s.replace(".", "_")](site_inputs[s]) for s in self.site_names}
         joint = jnp.concatenate([site_inputs[s] for s in self.site_names], axis=-1)
@@ -91,10 +94,13 @@ class DecompositionModel(nnx.Module):
         return {s: out[..., i * C : (i + 1) * C] for i, s in enumerate(self.site_names)}
 
     def causal_importances(
-        self, site_inputs: dict[str, Array], VU: dict[str, tuple[Array, Array]]
+        self,
+        site_inputs: dict[str, Array],
+        VU: dict[str, tuple[Array, Array]],
+        acts: dict[str, Array] | None = None,
     ) -> tuple[dict[str, Array], dict[str, Array]]:
         """(ci_lower, ci_upper): lower feeds the masks, upper feeds importance minimality (S3)."""
-        pre = self.ci_pre_activations(site_inputs, VU)
+        pre = self.ci_pre_activations(site_inputs, VU, acts)
         alpha = self.leaky_alpha
         lower = {s: lower_leaky_hard(p, alpha) for s, p in pre.items()}
         upper = {s: upper_leaky_hard(p, alpha) for s, p in pre.items()}

@@ -5,7 +5,8 @@ mesh. The drawn pytree is an input of the objective, which lets the goldens inje
 
 Layout of a plan's sources: a list over mask samples; each sample is a list over forwards
 (one forward for routing all/subset/ci, one per site for routing each); each forward is
-{"mask_source": {site: (*b, C)}, "delta_source": {site: (*b,)}, "routed": {site: (*b,)} | None}.
+{"mask_source": {site: (*b, C)}, "delta_source": {site: (*b,)}, "routed": {site: (*b,)} | None}
+with an entry for each of its LIVE sites only (a non-live site consumes no source).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, PRNGKeyArray
+from jaxtyping import Array, Bool, Float, PRNGKeyArray
 
 Forward = dict[str, Any]
 
@@ -37,52 +38,98 @@ class ReconPlan:
     delta: bool = True
 
 
-def _source(key: PRNGKeyArray, kind: str, shape: tuple[int, ...]) -> Array:
-    if kind == "binomial":
-        return jax.random.bernoulli(key, 0.5, shape).astype(jnp.float32)
-    return jax.random.uniform(key, shape, jnp.float32)
+def plan_source_width(plan: ReconPlan, n_sites: int, C: int) -> int:
+    """Uniforms per position a plan consumes: for every (sample, forward, live site) C mask
+    sources and one delta source, plus n_sites + 1 per forward for subset routing."""
+    if plan.routing == "ci":
+        return 0
+    n_forwards = n_sites if plan.routing == "each" else 1
+    n_live = 1 if plan.routing == "each" else n_sites
+    per_forward = n_live * (C + 1) + (n_sites + 1 if plan.routing == "subset" else 0)
+    return plan.n_mask_samples * n_forwards * per_forward
 
 
-def uniform_k_routing(
-    key: PRNGKeyArray, batch_shape: tuple[int, ...], n_sites: int
-) -> Bool[Array, "*b n_sites"]:
-    """Per position: k ~ U{1..n_sites}, then a uniform k-subset of sites is routed (S6.3)."""
-    k_key, perm_key = jax.random.split(key)
-    k = jax.random.randint(k_key, batch_shape, 1, n_sites + 1)
-    ranks = jnp.argsort(
-        jnp.argsort(jax.random.uniform(perm_key, (*batch_shape, n_sites)), axis=-1), axis=-1
-    )
+def uniform_k_routing(uniforms: Float[Array, "*b n_plus_1"], n_sites: int) -> Bool[Array, "*b n"]:
+    """Per position: k ~ U{1..n_sites} from the first uniform, then a uniform k-subset of sites
+    (the k smallest of the other n_sites uniforms) is routed (S6.3)."""
+    k = jnp.minimum(jnp.floor(uniforms[..., 0] * n_sites).astype(jnp.int32), n_sites - 1) + 1
+    ranks = jnp.argsort(jnp.argsort(uniforms[..., 1:], axis=-1), axis=-1)
     return ranks < k[..., None]
+
+
+def plan_sources_from_uniforms(
+    plan: ReconPlan,
+    uniforms: Float[Array, "*b width"],
+    batch_shape: tuple[int, ...],
+    sites: tuple[str, ...],
+    C: int,
+) -> list[list[Forward]]:
+    """Slice a plan's uniforms (width `plan_source_width`) into its forwards' sources."""
+    n_forwards = len(sites) if plan.routing == "each" else 1
+    offset = 0
+
+    def take(n: int) -> Array:
+        nonlocal offset
+        out = uniforms[..., offset : offset + n]
+        offset += n
+        return out
+
+    samples = []
+    for _ in range(plan.n_mask_samples):
+        forwards = []
+        for f in range(n_forwards):
+            fwd: Forward = {"mask_source": {}, "delta_source": {}, "routed": None}
+            for s in live_sites(plan, sites, f):
+                if plan.routing == "ci":
+                    fwd["mask_source"][s] = jnp.zeros((*batch_shape, C), jnp.float32)
+                    fwd["delta_source"][s] = jnp.zeros(batch_shape, jnp.float32)
+                    continue
+                u = take(C)
+                fwd["mask_source"][s] = (
+                    (u < 0.5).astype(jnp.float32) if plan.source == "binomial" else u
+                )
+                fwd["delta_source"][s] = take(1)[..., 0]
+            if plan.routing == "subset":
+                routed = uniform_k_routing(take(len(sites) + 1), len(sites))
+                fwd["routed"] = {s: routed[..., i] for i, s in enumerate(sites)}
+            forwards.append(fwd)
+        samples.append(forwards)
+    return samples
+
+
+def draw_plans_sources(
+    plans: tuple[ReconPlan, ...],
+    key: PRNGKeyArray,
+    batch_shape: tuple[int, ...],
+    sites: tuple[str, ...],
+    C: int,
+) -> dict[ReconPlan, list[list[Forward]]]:
+    """Every source of every plan from ONE uniform draw of shape (*batch, total width).
+
+    One draw is one threefry evaluation per step (XLA:CPU runs it as a rolled loop, so each
+    separate draw costs several small kernels per round); each position's row depends only on
+    the key and the position, so the sources do not depend on the mesh (S6.5).
+    """
+    widths = [plan_source_width(p, len(sites), C) for p in plans]
+    total = sum(widths)
+    uniforms = (
+        jax.random.uniform(key, (*batch_shape, total), jnp.float32)
+        if total
+        else jnp.zeros((*batch_shape, 0), jnp.float32)
+    )
+    out, offset = {}, 0
+    for plan, width in zip(plans, widths, strict=True):
+        chunk = uniforms[..., offset : offset + width]
+        out[plan] = plan_sources_from_uniforms(plan, chunk, batch_shape, sites, C)
+        offset += width
+    return out
 
 
 def draw_plan_sources(
     plan: ReconPlan, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
 ) -> list[list[Forward]]:
-    """Every source a plan's forwards consume; one key split per (sample, forward, site)."""
-    n_forwards = len(sites) if plan.routing == "each" else 1
-    samples = []
-    for sample_key in jax.random.split(key, plan.n_mask_samples):
-        forwards = []
-        for fwd_key in jax.random.split(sample_key, n_forwards):
-            site_keys = jax.random.split(fwd_key, 2 * len(sites) + 1)
-            fwd: Forward = {"mask_source": {}, "delta_source": {}, "routed": None}
-            for i, s in enumerate(sites):
-                if plan.routing == "ci":
-                    fwd["mask_source"][s] = jnp.zeros((*batch_shape, C), jnp.float32)
-                    fwd["delta_source"][s] = jnp.zeros(batch_shape, jnp.float32)
-                else:
-                    fwd["mask_source"][s] = _source(
-                        site_keys[2 * i], plan.source, (*batch_shape, C)
-                    )
-                    fwd["delta_source"][s] = jax.random.uniform(
-                        site_keys[2 * i + 1], batch_shape, jnp.float32
-                    )
-            if plan.routing == "subset":
-                routed = uniform_k_routing(site_keys[-1], batch_shape, len(sites))
-                fwd["routed"] = {s: routed[..., i] for i, s in enumerate(sites)}
-            forwards.append(fwd)
-        samples.append(forwards)
-    return samples
+    """The sources of one plan alone."""
+    return draw_plans_sources((plan,), key, batch_shape, sites, C)[plan]
 
 
 def live_sites(plan: ReconPlan, sites: tuple[str, ...], forward_index: int) -> tuple[str, ...]:

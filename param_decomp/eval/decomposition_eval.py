@@ -19,8 +19,8 @@ from param_decomp.train.step import objective_loss
 
 def causal_importance_on(model: Any, target: Any, x: jax.Array) -> dict[str, jax.Array]:
     """ci_lower of every site on inputs x."""
-    _, inputs = clean_forward(target, x, model.site_names)
-    lower, _ = model.causal_importances(inputs, model.all_VU())
+    _, record = clean_forward(target, x, model.site_names)
+    lower, _ = model.causal_importances(record.inputs, model.all_VU())
     return lower
 
 

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from param_decomp.config.schema import TMSModel
+from param_decomp.decomposition.masked_forward import clean_forward
 from param_decomp.goldens.registry import Case, Comparison, as_array, compare_tree, register_family
 from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import ImportanceMinimality
@@ -73,8 +74,9 @@ def tms_objective(case: Case) -> list[Comparison]:
         VU = {s: (diff[s]["V"], diff[s]["U"]) for s in sites}
         ci_lower = {s: diff[s]["ci_lower"] for s in sites}
         ci_upper = {s: diff[s]["ci_upper"] for s in sites}
+        clean, record = clean_forward(target, x, sites)
         ctx = objective.context_from_ci(
-            target, x, target(x), weights, VU, ci_lower, ci_upper, sources, 0.0
+            target, x, clean, record, weights, VU, ci_lower, ci_upper, sources, 0.0
         )
         total, metrics = objective.evaluate(ctx)
         return total, {
