@@ -3,6 +3,8 @@
 Sections (pick with `--only NAME`, repeatable or comma separated):
   tms_5-2                TMS 5-2, batch 4096, the config's full loss set
   resid_mlp_1            ResidMLP-1, batch 2048, d_embed 1000, C 100 per site, full loss set
+  llama_tiny             configs/llama_tiny.yaml: 2 layers, d_model 64, 4 MLP sites, C 64
+  llama_4x256            4 layers, d_model 256, every MLP site (12), C 512, random weights
   memory_by_tensor_size  per-device bytes of V/U + optimizer state on a {data: -1, tensor: t}
                          mesh of 4 simulated CPU devices, t in 1, 2, 4 (runs in a subprocess,
                          because the device count is fixed when jax is first imported)
@@ -42,12 +44,11 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
 RUNS_DIR = Path("runs")  # relative to the repo root, like the CLI: target caches are shared
 
-# PyTorch reference implementation, seconds per train step (same configs).
-REFERENCE_S_PER_STEP = {"tms_5-2": 0.119, "resid_mlp_1": 3.18}
-
 SPEED_BENCHES: dict[str, dict[str, Any]] = {
     "tms_5-2": {"config": "configs/tms_5-2.yaml", "batch": 4096, "steps": 200},
     "resid_mlp_1": {"config": "configs/resid_mlp_1.yaml", "batch": 2048, "steps": 20, "C": 100},
+    "llama_tiny": {"config": "configs/llama_tiny.yaml", "batch": 32, "steps": 20, "lm": True},
+    "llama_4x256": {"config": "bench/configs/llama_4x256.yaml", "batch": 8, "steps": 5, "lm": True},
 }
 MEMORY_BENCH = "memory_by_tensor_size"
 MEMORY_TENSOR_SIZES = (1, 2, 4)
@@ -89,9 +90,9 @@ def _common_fields(name: str) -> dict[str, Any]:
     }
 
 
-def _write(result: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{result['name']}.json"
+def _write(result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{result['name']}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     return path
 
@@ -160,26 +161,100 @@ def matmul_peak_gflops(reps: int = 10) -> float:
     return 2.0 * m * k * n / best / 1e9
 
 
-def _jaxpr_matmul_flops(jaxpr: Any) -> float:
-    """2 * out_size * contraction_size over every dot_general, recursing into sub-jaxprs."""
-    total = 0.0
+def _dot_generals(jaxpr: Any) -> list[Any]:
+    """Every dot_general equation, recursing into sub-jaxprs."""
+    found = []
     for eqn in jaxpr.eqns:
         if eqn.primitive.name == "dot_general":
-            (lhs_contract, _), _ = eqn.params["dimension_numbers"]
-            lhs_shape = eqn.invars[0].aval.shape
-            contract = int(np.prod([lhs_shape[i] for i in lhs_contract]))
-            total += 2.0 * int(np.prod(eqn.outvars[0].aval.shape)) * contract
+            found.append(eqn)
         for value in eqn.params.values():
             for sub in value if isinstance(value, list | tuple) else (value,):
                 if isinstance(sub, jax.extend.core.ClosedJaxpr):
-                    total += _jaxpr_matmul_flops(sub.jaxpr)
+                    found += _dot_generals(sub.jaxpr)
                 elif isinstance(sub, jax.extend.core.Jaxpr):
-                    total += _jaxpr_matmul_flops(sub)
-    return total
+                    found += _dot_generals(sub)
+    return found
 
 
-def analytic_matmul_flops(session: Any, batch: int) -> dict[str, float]:
-    """Dense-matmul FLOPs of one step from shapes (2*m*k*n per product).
+def _dot_flops(eqn: Any) -> float:
+    (lhs_contract, _), _ = eqn.params["dimension_numbers"]
+    lhs_shape = eqn.invars[0].aval.shape
+    contract = int(np.prod([lhs_shape[i] for i in lhs_contract]))
+    return 2.0 * int(np.prod(eqn.outvars[0].aval.shape)) * contract
+
+
+def _jaxpr_matmul_flops(jaxpr: Any) -> float:
+    """2 * out_size * contraction_size over every dot_general (dead code included)."""
+    return sum(_dot_flops(e) for e in _dot_generals(jaxpr))
+
+
+def _live_jaxpr(jaxpr: Any) -> Any:
+    """The jaxpr with dead code removed, as XLA runs it (e.g. the clean upstream layers that a
+    masked forward skips by reading the recorded site outputs, S9.4)."""
+    from jax._src.interpreters import partial_eval as pe
+
+    live, _ = pe.dce_jaxpr(jaxpr, [True] * len(jaxpr.outvars))
+    return live
+
+
+def step_matmul_flops(jaxpr: Any) -> tuple[float, list[dict[str, Any]]]:
+    """Analytic dense-matmul FLOPs of the step as it runs (2*m*k*n of every product left after
+    dead-code elimination: forward, backward, optimizer), and the distinct product shapes with
+    how often each occurs (for the matmul floor)."""
+    shapes: dict[tuple, dict[str, Any]] = {}
+    total = 0.0
+    for eqn in _dot_generals(_live_jaxpr(jaxpr)):
+        flops = _dot_flops(eqn)
+        total += flops
+        lhs, rhs = (tuple(v.aval.shape) for v in eqn.invars)
+        key = (lhs, rhs, str(eqn.params["dimension_numbers"]))
+        entry = shapes.setdefault(
+            key,
+            {
+                "lhs": list(lhs),
+                "rhs": list(rhs),
+                "dimension_numbers": eqn.params["dimension_numbers"],
+                "flops": flops,
+                "count": 0,
+            },
+        )
+        entry["count"] += 1
+    return total, sorted(shapes.values(), key=lambda e: -e["flops"] * e["count"])
+
+
+def matmul_floor(products: list[dict[str, Any]], reps: int = 10) -> dict[str, Any]:
+    """Each distinct product of the step timed alone (best of `reps`, jitted): the time the
+    step's matmuls take at their own shapes on this machine, a lower bound for the step."""
+    total, rows = 0.0, []
+    for p in products:
+        dims = p["dimension_numbers"]
+        a = jnp.ones(p["lhs"], jnp.float32)
+        b = jnp.ones(p["rhs"], jnp.float32)
+        f = jax.jit(lambda x, y, dims=dims: jax.lax.dot_general(x, y, dims))
+        jax.block_until_ready(f(a, b))
+        best = float("inf")
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(a, b))
+            best = min(best, time.perf_counter() - t0)
+        total += best * p["count"]
+        rows.append(
+            {
+                "lhs": p["lhs"],
+                "rhs": p["rhs"],
+                "count": p["count"],
+                "gflop_each": p["flops"] / 1e9,
+                "s_each": best,
+                "gflops_per_s": p["flops"] / best / 1e9,
+            }
+        )
+    return {"matmul_floor_s": total, "products": rows}
+
+
+def previous_analytic_matmul_flops(session: Any, batch: int) -> dict[str, float]:
+    """Dense-matmul FLOPs of one step BEFORE the shared products of S9.4 (the count used until
+    2026-11-26, kept so the JSON shows both): every masked forward recomputes x @ V and
+    x @ (W - V U) at every live site.
 
     forward = clean forward + CI function + every masked forward the objective's plans run +
     faithfulness (V @ U per site). The clean forward is under stop_gradient, so it is counted
@@ -251,7 +326,9 @@ def analytic_matmul_flops(session: Any, batch: int) -> dict[str, float]:
 # ----------------------------------------------------------------------------- speed benches
 
 
-def bench_speed(name: str, steps: int | None, peak_gflops: float) -> dict[str, Any]:
+def bench_speed(
+    name: str, steps: int | None, peak_gflops: float, timing_only: bool = False
+) -> dict[str, Any]:
     spec = SPEED_BENCHES[name]
     cfg = _config(spec["config"], batch_size=spec["batch"])
     if "C" in spec:
@@ -284,17 +361,7 @@ def bench_speed(name: str, steps: int | None, peak_gflops: float) -> dict[str, A
     s_per_step = (time.perf_counter() - t0) / n_steps
     final_loss = float(metrics["train/loss/total"])
 
-    # FLOPs: XLA's count of the compiled step, the jaxpr's matmuls, and the shape formula
-    batch = sample(0)
-    compiled = step_fn.lower(state, target_state, batch).compile()  # cached: no recompile
-    flops_xla = _cost_flops(compiled)
-    flops_jaxpr = _jaxpr_matmul_flops(step_fn.trace(state, target_state, batch).jaxpr.jaxpr)
-    analytic = analytic_matmul_flops(session, cfg.train.batch_size)
-    flops = flops_xla if flops_xla is not None else analytic["step_total"]
-
-    reference = REFERENCE_S_PER_STEP.get(name)
-    gflops = flops / s_per_step / 1e9
-    return {
+    result = {
         **_common_fields(name),
         "config": spec["config"],
         "batch": cfg.train.batch_size,
@@ -306,24 +373,85 @@ def bench_speed(name: str, steps: int | None, peak_gflops: float) -> dict[str, A
         "steps_per_s": 1.0 / s_per_step,
         "compile_s": compile_s,
         "session_setup_s": setup_s,
-        "flops": flops,
-        "flops_source": "xla_cost_analysis" if flops_xla is not None else "analytic",
-        "flops_per_step_xla": flops_xla,
-        "flops_per_step_analytic_matmul": analytic["step_total"],
-        "flops_analytic_breakdown": analytic,
-        "flops_per_step_jaxpr_matmul": flops_jaxpr,
-        "gflops_per_s": gflops,
-        "gflops_per_s_analytic_matmul": analytic["step_total"] / s_per_step / 1e9,
-        "matmul_peak_gflops": peak_gflops,
-        "fraction_of_matmul_peak": gflops / peak_gflops,
-        "fraction_of_matmul_peak_analytic_matmul": analytic["step_total"]
-        / s_per_step
-        / 1e9
-        / peak_gflops,
-        "reference_s_per_step": reference,
-        "speedup_vs_reference": reference / s_per_step if reference else None,
         "final_loss_total": final_loss,
     }
+    batch = sample(0)
+    positions = int(np.prod(session_target(session).batch_shape(batch)))
+    if spec.get("lm"):
+        result["tokens_per_step"] = positions
+        result["tokens_per_s"] = positions / s_per_step
+    if timing_only:
+        return result
+
+    # FLOPs: XLA's count of the compiled step, and the step's own products from its jaxpr
+    compiled = step_fn.lower(state, target_state, batch).compile()  # cached: no recompile
+    flops_xla = _cost_flops(compiled)
+    jaxpr = step_fn.trace(state, target_state, batch).jaxpr.jaxpr
+    flops_matmul, products = step_matmul_flops(jaxpr)
+    previous = None if spec.get("lm") else previous_analytic_matmul_flops(session, positions)
+    floor = matmul_floor(products)
+    ci_s = ci_function_seconds(session, state.params, batch)
+    result.update(
+        {
+            "flops_per_step_analytic_matmul": flops_matmul,
+            "flops_per_step_analytic_matmul_previous": previous["step_total"] if previous else None,
+            "flops_analytic_previous_breakdown": previous,
+            "flops_per_step_xla": flops_xla,
+            "flops_per_step_jaxpr_matmul_with_dead_code": _jaxpr_matmul_flops(jaxpr),
+            "gflops_per_s_analytic_matmul": flops_matmul / s_per_step / 1e9,
+            "gflops_per_s_xla": flops_xla / s_per_step / 1e9 if flops_xla else None,
+            "matmul_peak_gflops": peak_gflops,
+            "matmul_floor_s": floor["matmul_floor_s"],
+            "matmul_floor_products": floor["products"],
+            "ci_function_s": ci_s,
+            "outside_matmuls_s": s_per_step - floor["matmul_floor_s"],
+        }
+    )
+    _set_peak_fractions(result, peak_gflops)
+    return result
+
+
+def _set_peak_fractions(result: dict[str, Any], peak_gflops: float) -> None:
+    """Model-FLOP utilisation: analytic matmul FLOPs / step time / measured dense peak."""
+    result["matmul_peak_gflops"] = peak_gflops
+    result["fraction_of_matmul_peak_analytic_matmul"] = (
+        result["gflops_per_s_analytic_matmul"] / peak_gflops
+    )
+    if result.get("gflops_per_s_xla"):
+        result["fraction_of_matmul_peak_xla"] = result["gflops_per_s_xla"] / peak_gflops
+    # the step can run no faster than its products at their own shapes
+    result["matmul_floor_fraction_of_step"] = result["matmul_floor_s"] / result["s_per_step"]
+
+
+def session_target(session: Any) -> Any:
+    return nnx.merge(session.target_graphdef, session.target_state)
+
+
+def ci_function_seconds(session: Any, params: Any, batch: Any, reps: int = 10) -> float:
+    """The CI function alone, forward and backward, on the batch's recorded site inputs and
+    inner activations held fixed: the elementwise part of the step that no product sharing
+    removes (the per-component MLPs are B*C*hidden GELUs per site)."""
+    from param_decomp.decomposition.masked_forward import clean_forward, inner_acts
+
+    graphdef = session.graphdef
+    target = session_target(session)
+    model = nnx.merge(graphdef, params)
+    _, record = clean_forward(target, batch, model.site_names)
+    acts = inner_acts(record, model.all_VU())
+
+    def loss(p: Any) -> Any:
+        m = nnx.merge(graphdef, p)
+        lower, upper = m.causal_importances(record.inputs, m.all_VU(), acts)
+        return sum(jnp.sum(lower[s] * upper[s]) for s in lower)
+
+    f = jax.jit(jax.grad(loss))
+    jax.block_until_ready(f(params))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(params))
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 # ----------------------------------------------------------------------------- memory bench
@@ -473,20 +601,25 @@ def _fmt(value: Any, spec: str) -> str:
 
 def print_speed_table(results: list[dict[str, Any]]) -> None:
     header = (
-        f"{'bench':<13} {'batch':>6} {'compile_s':>9} {'s/step':>9} {'steps/s':>8} "
-        f"{'GFLOP/step':>10} {'GFLOP/s':>8} {'%peak':>6} {'vs ref':>7}"
+        f"{'bench':<12} {'batch':>6} {'s/step':>9} {'tokens/s':>9} {'GFLOP/step':>10} "
+        f"{'GFLOP/s':>8} {'MFU':>6} {'mm floor':>9} {'CI fn s':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in results:
+        flops = r.get("flops_per_step_analytic_matmul")
         print(
-            f"{r['name']:<13} {r['batch']:>6} {r['compile_s']:>9.2f} {r['s_per_step']:>9.5f} "
-            f"{r['steps_per_s']:>8.1f} {r['flops'] / 1e9:>10.3f} {r['gflops_per_s']:>8.2f} "
-            f"{100 * r['fraction_of_matmul_peak']:>5.1f}% "
-            f"{_fmt(r['speedup_vs_reference'], '>6.1f')}x"
+            f"{r['name']:<12} {r['batch']:>6} {r['s_per_step']:>9.5f} "
+            f"{_fmt(r.get('tokens_per_s'), '>9.0f')} {_fmt(flops and flops / 1e9, '>10.3f')} "
+            f"{_fmt(r.get('gflops_per_s_analytic_matmul'), '>8.1f')} "
+            f"{_fmt(r.get('fraction_of_matmul_peak_analytic_matmul'), '>6.1%')} "
+            f"{_fmt(r.get('matmul_floor_s'), '>9.5f')} {_fmt(r.get('ci_function_s'), '>8.5f')}"
         )
-    if results:
+    if results and results[0].get("matmul_peak_gflops"):
         print(f"matmul peak (fp32 {MATMUL_SHAPE}): {results[0]['matmul_peak_gflops']:.1f} GFLOP/s")
+    print("GFLOP/step: analytic matmul FLOPs of the step; MFU: their rate / matmul peak;")
+    print("mm floor: the step's products timed alone; side-by-side vs the reference:")
+    print("`make bench-reference` (bench/results/vs_reference.json)")
 
 
 def print_memory_table(result: dict[str, Any]) -> None:
@@ -526,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
         "--only", action="append", help=f"bench(es) to run: {', '.join(ALL_BENCHES)}"
     )
     parser.add_argument("--steps", type=int, help="steps timed per speed bench (default: each's)")
+    parser.add_argument(
+        "--timing-only",
+        action="store_true",
+        help="only the step time (no FLOP counts, matmul floor or peak): for bench-reference",
+    )
+    parser.add_argument("--results-dir", type=Path, help="write the JSON here instead")
     parser.add_argument(MEMORY_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.chdir(REPO)  # config paths and runs/ are relative to the repo root
@@ -538,19 +677,18 @@ def main(argv: list[str] | None = None) -> int:
     names = _parse_only(args.only)
     speed = [n for n in names if n in SPEED_BENCHES]
     results = []
+    out_dir = args.results_dir or RESULTS_DIR
     if speed:
-        peak = matmul_peak_gflops()
+        peak = None if args.timing_only else matmul_peak_gflops()
         for name in speed:
-            results.append(bench_speed(name, args.steps, peak))
-        # re-measured at the end, best of both: one noisy measurement must not inflate %peak
-        peak = max(peak, matmul_peak_gflops())
+            results.append(bench_speed(name, args.steps, peak or 0.0, args.timing_only))
+        if peak is not None:
+            # re-measured at the end, best of both: one noisy measurement must not inflate MFU
+            peak = max(peak, matmul_peak_gflops())
         for result in results:
-            result["matmul_peak_gflops"] = peak
-            result["fraction_of_matmul_peak"] = result["gflops_per_s"] / peak
-            result["fraction_of_matmul_peak_analytic_matmul"] = (
-                result["gflops_per_s_analytic_matmul"] / peak
-            )
-            print(f"wrote {_write(result).relative_to(REPO)}")
+            if peak is not None:
+                _set_peak_fractions(result, peak)
+            print(f"wrote {_write(result, out_dir)}")
     memory = bench_memory() if MEMORY_BENCH in names else None
     if memory is not None:
         print(f"wrote {(RESULTS_DIR / f'{MEMORY_BENCH}.json').relative_to(REPO)}")
