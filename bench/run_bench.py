@@ -391,6 +391,8 @@ def bench_speed(
     previous = None if spec.get("lm") else previous_analytic_matmul_flops(session, positions)
     floor = matmul_floor(products)
     ci_s = ci_function_seconds(session, state.params, batch)
+    kernels = kernel_count(compiled.as_text())
+    per_kernel = trivial_kernel_seconds((positions, cfg.decomposition.C))
     result.update(
         {
             "flops_per_step_analytic_matmul": flops_matmul,
@@ -405,6 +407,9 @@ def bench_speed(
             "matmul_floor_products": floor["products"],
             "ci_function_s": ci_s,
             "outside_matmuls_s": s_per_step - floor["matmul_floor_s"],
+            "kernels_per_step": kernels,
+            "trivial_kernel_s": per_kernel,
+            "kernel_floor_s": kernels * per_kernel,
         }
     )
     _set_peak_fractions(result, peak_gflops)
@@ -421,6 +426,45 @@ def _set_peak_fractions(result: dict[str, Any], peak_gflops: float) -> None:
         result["fraction_of_matmul_peak_xla"] = result["gflops_per_s_xla"] / peak_gflops
     # the step can run no faster than its products at their own shapes
     result["matmul_floor_fraction_of_step"] = result["matmul_floor_s"] / result["s_per_step"]
+
+
+NOT_KERNELS = ("parameter", "constant", "tuple", "get-tuple-element", "bitcast")
+
+
+def kernel_count(hlo_text: str) -> int:
+    """Instructions of the compiled step's entry computation that run as kernels (fusions,
+    copies, dots, loops): each costs at least one dispatch on XLA:CPU."""
+    entry = hlo_text[hlo_text.index("ENTRY") :].split("\n")[1:]
+    count = 0
+    for line in entry:
+        line = line.strip()
+        if not line.startswith("%") and not line.startswith("ROOT"):
+            continue
+        rhs = line.split(" = ", 1)[1] if " = " in line else ""
+        op = rhs.split("(", 1)[0].split(" ")[-1]
+        if op and op not in NOT_KERNELS:
+            count += 1
+    return count
+
+
+def trivial_kernel_seconds(shape: tuple[int, ...], n: int = 100, reps: int = 5) -> float:
+    """The cheapest kernel on this backend at the step's (positions, C) shape: one affine
+    elementwise op, n of them kept apart by optimization barriers, best of `reps`."""
+
+    def chain(x: Any) -> Any:
+        for _ in range(n):
+            x = jax.lax.optimization_barrier(x * 1.0001 + 0.5)
+        return x
+
+    f = jax.jit(chain)
+    x = jnp.ones(shape, jnp.float32)
+    jax.block_until_ready(f(x))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(x))
+        best = min(best, time.perf_counter() - t0)
+    return best / n
 
 
 def session_target(session: Any) -> Any:

@@ -64,13 +64,21 @@ def _per_component_layer(
     if n_in * n_out > MAX_UNROLLED_PAIRS:
         h = jnp.einsum("...ca,cab->...cb", jnp.stack(units, axis=-1), w) + b
         return [h[..., j] for j in range(n_out)]
+    weight = _rows(w.reshape(w.shape[0], n_in * n_out))  # weight[i * n_out + j] = w[:, i, j]
+    bias = _rows(b)
     outs = []
     for j in range(n_out):
-        out = units[0] * w[:, 0, j] + b[:, j]
+        out = units[0] * weight[j] + bias[j]
         for k in range(1, n_in):
-            out = out + units[k] * w[:, k, j]
+            out = out + units[k] * weight[k * n_out + j]
         outs.append(out)
     return outs
+
+
+def _rows(m: Float[Array, "C n"]) -> list[Float[Array, " C"]]:
+    """The n columns of m as (C,) vectors from ONE split, whose transpose in the backward is one
+    concatenate (indexing each column would cost a slice and a pad per unit)."""
+    return [r.reshape(-1) for r in jnp.split(m.T, m.shape[1], axis=0)]
 
 
 class VectorMLP(nnx.Module):
