@@ -19,8 +19,7 @@ from param_decomp.config.schema import LlamaModel, NonNegFloat, Optimizer, Stric
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
 
-# Vocabulary size of each tokenizer. Only `byte` is shipped: a trained subword tokenizer would
-# need the `sentencepiece` package, which is not a dependency of this project.
+# Vocabulary size of the fixed tokenizers; a sentencepiece tokenizer states its own.
 TOKENIZER_VOCAB = {"byte": 256}
 
 # Validation context key: the loader runs the cross-block checks itself so each problem is
@@ -28,11 +27,32 @@ TOKENIZER_VOCAB = {"byte": 256}
 _DEFER_CROSS_CHECKS = "defer_cross_checks"
 
 
+class SentencePieceSpec(StrictModel):
+    """A sentencepiece tokenizer: trained in-process on the train text (`vocab_size`, with
+    `model_type` and `byte_fallback`), or an existing `.model` file (`model`)."""
+
+    kind: Literal["sentencepiece"]
+    vocab_size: PositiveInt | None = None
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    byte_fallback: bool = True
+    model: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _trained_or_file(self) -> SentencePieceSpec:
+        if (self.vocab_size is None) == (self.model is None):
+            raise ValueError(
+                "give either vocab_size (train a model on the corpus) or model (a .model file)"
+            )
+        if self.model is not None and {"model_type", "byte_fallback"} & self.model_fields_set:
+            raise ValueError("model_type and byte_fallback only apply to a trained model")
+        return self
+
+
 class TextData(StrictModel):
     """Where the text comes from and how it is cut into training windows."""
 
     corpus: str = Field(default=str(DEFAULT_CORPUS), min_length=1)
-    tokenizer: Literal["byte"] = "byte"
+    tokenizer: Literal["byte"] | SentencePieceSpec = "byte"
     seq_len: PositiveInt | None = Field(
         default=None, description="training context; omitted means model.seq_len"
     )
@@ -99,11 +119,29 @@ class PretrainConfig(StrictModel):
         return self
 
 
+def tokenizer_vocab(tokenizer: str | SentencePieceSpec) -> int:
+    """Vocabulary size the tokenizer spec produces (loads a given .model file to read it)."""
+    if isinstance(tokenizer, str):
+        return TOKENIZER_VOCAB[tokenizer]
+    if tokenizer.vocab_size is not None:
+        return tokenizer.vocab_size
+    from param_decomp.data.tokenizers import SentencePieceTokenizer
+
+    return SentencePieceTokenizer.from_file(tokenizer.model).vocab_size
+
+
 def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
     """Checks spanning blocks, as (dotted key, message): vocab matches the tokenizer."""
-    vocab = TOKENIZER_VOCAB[cfg.data.tokenizer]
+    from param_decomp.data.tokenizers import TokenizerError
+
+    tok = cfg.data.tokenizer
+    try:
+        vocab = tokenizer_vocab(tok)
+    except TokenizerError as err:
+        return [("data.tokenizer.model", err.message + f" ({err.path})")]
     if cfg.model.vocab_size != vocab:
-        msg = f"is {cfg.model.vocab_size}, but tokenizer {cfg.data.tokenizer!r} has {vocab} tokens"
+        name = tok if isinstance(tok, str) else f"sentencepiece {tok.model or tok.vocab_size}"
+        msg = f"is {cfg.model.vocab_size}, but tokenizer {name!r} has {vocab} tokens"
         return [("model.vocab_size", msg)]
     return []
 

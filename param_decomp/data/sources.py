@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -20,7 +21,8 @@ from jaxtyping import Array
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import SparseFeatureData
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
-from param_decomp.data.text import load_tokens, sample_windows, split_tokens, val_windows
+from param_decomp.data.text import corpus_splits, sample_windows, val_windows
+from param_decomp.data.tokenizers import TOKENIZER_CACHE
 
 
 @dataclass
@@ -63,11 +65,12 @@ class TextSource:
     batch_size: int
     seed: int
     sharding: Sharding | None = None
+    tokenizer_cache: Path = TOKENIZER_CACHE
 
     def __post_init__(self) -> None:
         text = self.pretrain.data
-        tokens = load_tokens(text.corpus, text.tokenizer)
-        self._train, self._val = split_tokens(tokens, text.val_fraction, self.pretrain.seq_len)
+        splits = corpus_splits(text, self.pretrain.seq_len, self.tokenizer_cache)
+        self._train, self._val = splits.train, splits.val
         self._train_device = jnp.asarray(self._train)
         draw = partial(
             sample_windows, batch_size=self.batch_size, seq_len=self.pretrain.seq_len - 1

@@ -1,4 +1,4 @@
-"""Text data for LM pretraining: corpus -> token ids -> train/val split -> fixed-size windows.
+"""Text data for LM pretraining: corpus -> train/val text -> tokenizer -> token ids -> windows.
 
 Batches are a pure function of (seed, step) so a run is reproducible and resumable without any
 data-loader state; validation uses fixed, non-overlapping windows so val metrics are comparable
@@ -7,6 +7,7 @@ across steps and runs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import jax
@@ -14,7 +15,16 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Int
 
-from param_decomp.config.pretrain_schema import TOKENIZER_VOCAB
+from param_decomp.config.pretrain_schema import TOKENIZER_VOCAB, SentencePieceSpec, TextData
+from param_decomp.data.tokenizers import (
+    TOKENIZER_CACHE,
+    ByteTokenizer,
+    SentencePieceSettings,
+    SentencePieceTokenizer,
+    Tokenizer,
+    TokenizerError,
+    train_sentencepiece,
+)
 
 
 def encode(text: str, tokenizer: str = "byte") -> Int[np.ndarray, " n"]:
@@ -41,6 +51,70 @@ def bytes_per_token(tokenizer: str = "byte") -> Int[Array, " vocab"]:
 def load_tokens(path: str | Path, tokenizer: str = "byte") -> Int[np.ndarray, " n"]:
     """The whole corpus file, tokenized."""
     return encode(Path(path).expanduser().read_text(encoding="utf-8"), tokenizer)
+
+
+@dataclass(frozen=True)
+class CorpusSplits:
+    """A corpus cut into train and val text at a line boundary, then tokenized."""
+
+    train: Int[np.ndarray, " n_train"]
+    val: Int[np.ndarray, " n_val"]
+    tokenizer: Tokenizer
+
+    def bytes_per_token(self) -> Int[Array, " vocab"]:
+        return jnp.asarray(self.tokenizer.bytes_per_token())
+
+
+def read_corpus(path: str | Path) -> str:
+    """The corpus file as text; invalid UTF-8 is an error that says where."""
+    raw = Path(path).expanduser().read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise TokenizerError(
+            path, f"not valid UTF-8 at byte {err.start} ({raw[err.start : err.start + 8]!r})"
+        ) from None
+
+
+def split_text(text: str, val_fraction: float) -> tuple[str, str]:
+    """The last `val_fraction` of the text held out, cut at the line start nearest the split
+    point, so no line (and no token) straddles both sets and a tokenizer trained on the train
+    text never sees the val text."""
+    cut = int(len(text) * (1.0 - val_fraction))
+    after = text.find("\n", cut)
+    before = text.rfind("\n", 0, cut)
+    candidates = [i + 1 for i in (before, after) if i >= 0]
+    if candidates:
+        cut = min(candidates, key=lambda i: abs(i - cut))
+    return text[:cut], text[cut:]
+
+
+def build_tokenizer(
+    spec: str | SentencePieceSpec, train_text: str, cache_dir: Path = TOKENIZER_CACHE
+) -> Tokenizer:
+    """The configured tokenizer; a trained sentencepiece model learns from `train_text` only."""
+    if isinstance(spec, str):
+        if spec != "byte":
+            raise ValueError(f"unknown tokenizer {spec!r}; available: {list(TOKENIZER_VOCAB)}")
+        return ByteTokenizer()
+    if spec.model is not None:
+        return SentencePieceTokenizer.from_file(spec.model)
+    settings = SentencePieceSettings(spec.vocab_size, spec.model_type, spec.byte_fallback)
+    return train_sentencepiece(train_text, settings, cache_dir)[0]
+
+
+def corpus_splits(data: TextData, seq_len: int, cache_dir: Path = TOKENIZER_CACHE) -> CorpusSplits:
+    """Read, split by text, build the tokenizer on the train text, tokenize both parts."""
+    train_text, val_text = split_text(read_corpus(data.corpus), data.val_fraction)
+    tokenizer = build_tokenizer(data.tokenizer, train_text, cache_dir)
+    train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)
+    for name, part in (("train", train), ("val", val)):
+        if len(part) < seq_len + 1:
+            raise ValueError(
+                f"{name} split of {data.corpus} has {len(part)} tokens, fewer than seq_len + 1 = "
+                f"{seq_len + 1}; use a larger corpus, a shorter seq_len or another val_fraction"
+            )
+    return CorpusSplits(train, val, tokenizer)
 
 
 def split_tokens(

@@ -23,13 +23,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
-from param_decomp.data.text import (
-    bytes_per_token,
-    load_tokens,
-    sample_windows,
-    split_tokens,
-    val_windows,
-)
+from param_decomp.data.text import corpus_splits, sample_windows, val_windows
 from param_decomp.losses import lm_objectives as lm
 from param_decomp.targets.llama import Llama
 from param_decomp.train.checkpoint import latest_step, restore_module, save_module
@@ -79,11 +73,10 @@ def evaluate(
 def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> Llama:
     """Train from cfg.seed's init on random corpus windows; log metrics; save the checkpoint."""
     seq_len = cfg.seq_len
-    tokens = load_tokens(cfg.data.corpus, cfg.data.tokenizer)
-    train_np, val_np = split_tokens(tokens, cfg.data.val_fraction, seq_len)
-    train_tokens = jnp.asarray(train_np)
-    val = jnp.asarray(val_windows(val_np, seq_len, cfg.data.max_val_windows))
-    bpt = bytes_per_token(cfg.data.tokenizer)
+    splits = corpus_splits(cfg.data, seq_len, Path(runs_dir) / "tokenizers")
+    train_tokens = jnp.asarray(splits.train)
+    val = jnp.asarray(val_windows(splits.val, seq_len, cfg.data.max_val_windows))
+    bpt = splits.bytes_per_token()
     loss_of_logits = make_objective(cfg.objective, bpt)
 
     model = build_llama(cfg)

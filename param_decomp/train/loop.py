@@ -137,7 +137,11 @@ def build_session(
     )
     if isinstance(target_cfg, PretrainConfig):
         source: BatchSource = TextSource(
-            target_cfg, cfg.train.batch_size, cfg.seed, compiled.batch_sharding
+            target_cfg,
+            cfg.train.batch_size,
+            cfg.seed,
+            compiled.batch_sharding,
+            Path(runs_dir) / "tokenizers",
         )
     else:
         data = cfg.data or target_cfg.data
