@@ -154,9 +154,15 @@ def load_pretrain_config(path: str | Path) -> PretrainConfig:
     except pydantic.ValidationError as err:
         raise ConfigError(path, format_validation_error(err, PretrainConfig, data=data)) from None
     problems = cross_block_problems(cfg)
-    corpus = Path(cfg.data.corpus).expanduser()
-    if not corpus.is_file():
-        problems.append(("data.corpus", f"file {cfg.data.corpus!r} not found"))
+    from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
+
+    if not corpus_path_exists(cfg.data.corpus):
+        problems.append(
+            (
+                "data.corpus",
+                f"file {cfg.data.corpus!r} not found (or name one of {list(CORPUS_NAMES)})",
+            )
+        )
     if problems:
         raise ConfigError(path, problems)
     return cfg

@@ -16,13 +16,13 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from param_decomp.config.pretrain_schema import TOKENIZER_VOCAB, SentencePieceSpec, TextData
+from param_decomp.data.corpora import load_documents, split_documents
 from param_decomp.data.tokenizers import (
     TOKENIZER_CACHE,
     ByteTokenizer,
     SentencePieceSettings,
     SentencePieceTokenizer,
     Tokenizer,
-    TokenizerError,
     train_sentencepiece,
 )
 
@@ -65,30 +65,6 @@ class CorpusSplits:
         return jnp.asarray(self.tokenizer.bytes_per_token())
 
 
-def read_corpus(path: str | Path) -> str:
-    """The corpus file as text; invalid UTF-8 is an error that says where."""
-    raw = Path(path).expanduser().read_bytes()
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise TokenizerError(
-            path, f"not valid UTF-8 at byte {err.start} ({raw[err.start : err.start + 8]!r})"
-        ) from None
-
-
-def split_text(text: str, val_fraction: float) -> tuple[str, str]:
-    """The last `val_fraction` of the text held out, cut at the line start nearest the split
-    point, so no line (and no token) straddles both sets and a tokenizer trained on the train
-    text never sees the val text."""
-    cut = int(len(text) * (1.0 - val_fraction))
-    after = text.find("\n", cut)
-    before = text.rfind("\n", 0, cut)
-    candidates = [i + 1 for i in (before, after) if i >= 0]
-    if candidates:
-        cut = min(candidates, key=lambda i: abs(i - cut))
-    return text[:cut], text[cut:]
-
-
 def build_tokenizer(
     spec: str | SentencePieceSpec, train_text: str, cache_dir: Path = TOKENIZER_CACHE
 ) -> Tokenizer:
@@ -104,8 +80,9 @@ def build_tokenizer(
 
 
 def corpus_splits(data: TextData, seq_len: int, cache_dir: Path = TOKENIZER_CACHE) -> CorpusSplits:
-    """Read, split by text, build the tokenizer on the train text, tokenize both parts."""
-    train_text, val_text = split_text(read_corpus(data.corpus), data.val_fraction)
+    """Read, split (by document, or by text for one document), build the tokenizer on the
+    train text, tokenize both parts."""
+    train_text, val_text = split_documents(load_documents(data.corpus), data.val_fraction)
     tokenizer = build_tokenizer(data.tokenizer, train_text, cache_dir)
     train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)
     for name, part in (("train", train), ("val", val)):

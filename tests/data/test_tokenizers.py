@@ -14,7 +14,8 @@ import yaml
 from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import DEFAULT_CORPUS, load_pretrain_config
-from param_decomp.data.text import corpus_splits, read_corpus, split_text
+from param_decomp.data.corpora import read_text_file, split_text
+from param_decomp.data.text import corpus_splits
 from param_decomp.data.tokenizers import (
     ByteTokenizer,
     SentencePieceSettings,
@@ -135,7 +136,7 @@ def test_pretrain_on_a_trained_sentencepiece_reports_bits_per_byte(tmp_path: Pat
     (model_file,) = (tmp_path / "tokenizers").iterdir()
     splits = corpus_splits(cfg.data, cfg.seq_len, tmp_path / "tokenizers")
     assert splits.tokenizer.model_proto == model_file.read_bytes()
-    train_text, val_text = split_text(read_corpus(cfg.data.corpus), cfg.data.val_fraction)
+    train_text, val_text = split_text(read_text_file(cfg.data.corpus), cfg.data.val_fraction)
     table = splits.tokenizer.bytes_per_token()
     assert int(table[splits.val].sum()) == len(val_text.encode("utf-8"))
     assert int(table[splits.train].sum()) == len(train_text.encode("utf-8"))
