@@ -63,8 +63,9 @@ class TextData(StrictModel):
 class Objective(StrictModel):
     """Training loss; every kind is a function from `param_decomp.losses.lm_objectives`."""
 
-    kind: Literal["cross_entropy", "focal", "bytes_weighted_ce"] = "cross_entropy"
+    kind: Literal["cross_entropy", "focal", "bytes_weighted_ce", "poly1"] = "cross_entropy"
     gamma: NonNegFloat = 2.0
+    epsilon: float = 1.0
     z_loss: NonNegFloat = 0.0
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
@@ -75,6 +76,14 @@ class Objective(StrictModel):
         kind = info.data.get("kind")
         if kind is not None and kind != "focal":
             raise ValueError(f"only applies to kind: focal (kind is {kind!r})")
+        return value
+
+    @field_validator("epsilon")
+    @classmethod
+    def _epsilon_only_for_poly1(cls, value: float, info: ValidationInfo) -> float:
+        kind = info.data.get("kind")
+        if kind is not None and kind != "poly1":
+            raise ValueError(f"only applies to kind: poly1 (kind is {kind!r})")
         return value
 
     @field_validator("label_smoothing")

@@ -109,6 +109,9 @@ class LlamaModel(StrictModel):
     d_mlp: PositiveInt
     n_layers: PositiveInt = 1
     seq_len: PositiveInt = 16
+    logit_soft_cap: PositiveFloat | None = Field(
+        default=None, description="logits -> cap * tanh(logits / cap); none when omitted"
+    )
 
     @model_validator(mode="after")
     def _heads_divide(self) -> LlamaModel:

@@ -60,6 +60,18 @@ def focal(
     return jnp.mean(weight * ce)
 
 
+def poly1(
+    logits: Float[Array, "batch pos vocab"],
+    targets: Int[Array, "batch pos"],
+    epsilon: float | Float[Array, ""] = 1.0,
+) -> Float[Array, ""]:
+    """Poly-1 loss mean(ce + epsilon * (1 - p_target)) (Leng et al., 2022): CE plus the first
+    term of its polynomial expansion, re-weighted. 1 - p_target is -expm1(-ce) (accurate for
+    small ce); epsilon = 0 is CE exactly."""
+    ce = token_cross_entropy(logits, targets)
+    return jnp.mean(ce + jnp.asarray(epsilon, ce.dtype) * -jnp.expm1(-ce))
+
+
 def bytes_weighted_cross_entropy(
     logits: Float[Array, "batch pos vocab"],
     targets: Int[Array, "batch pos"],

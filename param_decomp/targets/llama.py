@@ -34,11 +34,18 @@ def rope(x: Float[Array, "b t h d"], base: float = 10000.0) -> Float[Array, "b t
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
+def soft_cap(logits: Float[Array, "*b vocab"], cap: float) -> Float[Array, "*b vocab"]:
+    """cap * tanh(logits / cap): logits bounded in (-cap, cap), about the identity well below
+    the cap (the tanh logit soft-cap of Gemma 2 / modded-nanoGPT)."""
+    return cap * jnp.tanh(logits / cap)
+
+
 class Llama(nnx.Module):
     def __init__(self, cfg: LlamaModel, *, rngs: nnx.Rngs):
         self.n_features = cfg.vocab_size
         self.n_heads = cfg.n_heads
         self.n_layers = cfg.n_layers
+        self.logit_soft_cap = cfg.logit_soft_cap
         d, f, v = cfg.d_model, cfg.d_mlp, cfg.vocab_size
 
         def w(shape: tuple[int, int]) -> nnx.Param:
@@ -95,7 +102,8 @@ class Llama(nnx.Module):
             x = x + site("attn.o", attn)
             m_in = rms_norm(x, norms[1])
             x = x + site("mlp.down", jax.nn.silu(site("mlp.gate", m_in)) * site("mlp.up", m_in))
-        return rms_norm(x, self.final_norm[...]) @ self.unembed[...]
+        logits = rms_norm(x, self.final_norm[...]) @ self.unembed[...]
+        return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)
 
     def labels(self, tokens: Int[Array, "b t"]) -> Int[Array, "b t"]:
         """Next-token labels; the last position has none (see `lm_objectives`)."""

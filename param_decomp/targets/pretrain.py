@@ -47,6 +47,8 @@ def make_objective(obj: Objective, bytes_per_tok: Int[Array, " vocab"]) -> LossF
     """(logits, targets) -> scalar training loss for the configured objective kind (+ z-loss)."""
     if obj.kind == "focal":
         base: LossFn = lambda logits, t: lm.focal(logits, t, obj.gamma)
+    elif obj.kind == "poly1":
+        base = lambda logits, t: lm.poly1(logits, t, obj.epsilon)
     elif obj.kind == "bytes_weighted_ce":
         base = lambda logits, t: lm.bytes_weighted_cross_entropy(logits, t, bytes_per_tok)
     elif obj.label_smoothing > 0:

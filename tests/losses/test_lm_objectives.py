@@ -184,3 +184,33 @@ def test_bf16_logits_reduce_in_float32() -> None:
         bits_per_byte(low, targets, bytes_per_token),
     ):
         assert value.dtype == jnp.float32
+
+
+def test_poly1_is_ce_plus_epsilon_one_minus_p() -> None:
+    from param_decomp.losses.lm_objectives import cross_entropy, poly1, token_cross_entropy
+
+    logits = jax.random.normal(jax.random.key(0), (3, 5, 11)) * 3
+    targets = jax.random.randint(jax.random.key(1), (3, 5), 0, 11)
+    ce = token_cross_entropy(logits, targets)
+    p = jnp.exp(-ce)
+    np.testing.assert_allclose(poly1(logits, targets, 2.0), jnp.mean(ce + 2.0 * (1 - p)), rtol=1e-6)
+    assert poly1(logits, targets, 0.0) == cross_entropy(logits, targets)
+    grad = jax.grad(lambda z: poly1(z, targets, 1.0))(logits)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+
+
+def test_logit_soft_cap_bounds_logits() -> None:
+    from flax import nnx
+
+    from param_decomp.config.schema import LlamaModel
+    from param_decomp.targets.llama import Llama, soft_cap
+
+    z = jnp.linspace(-100, 100, 201)
+    capped = soft_cap(z, 15.0)
+    assert float(jnp.max(jnp.abs(capped))) < 15.0
+    np.testing.assert_allclose(soft_cap(jnp.asarray([0.01, -0.02]), 15.0), [0.01, -0.02], rtol=1e-5)
+    cfg = dict(type="llama", vocab_size=16, d_model=8, n_heads=2, d_mlp=16, seq_len=6)
+    plain = Llama(LlamaModel(**cfg), rngs=nnx.Rngs(0))
+    capped_model = Llama(LlamaModel(**cfg, logit_soft_cap=0.5), rngs=nnx.Rngs(0))
+    tokens = jnp.arange(12).reshape(2, 6) % 16
+    np.testing.assert_allclose(capped_model(tokens), soft_cap(plain(tokens), 0.5), rtol=1e-5)

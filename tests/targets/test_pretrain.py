@@ -112,6 +112,7 @@ def test_val_bits_per_byte_is_total_ce_over_bytes() -> None:
         {"kind": "focal"},
         {"kind": "focal", "gamma": 1.0, "z_loss": 1e-4},
         {"kind": "bytes_weighted_ce"},
+        {"kind": "poly1", "epsilon": 1.0, "z_loss": 1e-4},
     ],
 )
 def test_every_objective_trains_one_step(tmp_path: Path, objective: dict) -> None:
@@ -207,3 +208,18 @@ def test_shipped_config_loads_and_llama_is_not_toy_trained() -> None:
     with pytest.raises(ConfigError, match="param-decomp pretrain"):
         train_target(toy, Path("/nonexistent"))
     assert isinstance(nnx.state(build_llama(cfg)), nnx.State)
+
+
+def test_poly1_objective_and_soft_cap_from_config(tmp_path: Path) -> None:
+    from param_decomp.losses.lm_objectives import poly1
+
+    raw = _raw(objective={"kind": "poly1", "epsilon": 0.5})
+    raw["model"]["logit_soft_cap"] = 30.0
+    cfg = load_pretrain_config(_write(tmp_path, raw))
+    assert cfg.model.logit_soft_cap == 30.0
+    logits = jax.random.normal(jax.random.key(0), (2, 4, 256))
+    targets = jnp.zeros((2, 4), jnp.int32)
+    loss = make_objective(cfg.objective, jnp.ones((256,), jnp.int32))(logits, targets)
+    assert loss == poly1(logits, targets, 0.5)
+    with pytest.raises(ConfigError, match="objective.epsilon"):
+        load_pretrain_config(_write(tmp_path, _raw(objective={"epsilon": 0.5})))
