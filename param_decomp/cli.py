@@ -102,7 +102,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from param_decomp.config.errors import ConfigError
-    from param_decomp.data.tokenizers import TokenizerError
+    from param_decomp.data.tokenizers import DataError
 
     args = build_parser().parse_args(argv)
     try:
@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(str(err), file=sys.stderr)
         return 2
-    except TokenizerError as err:  # bad corpus or tokenizer file: name it, no traceback
+    except DataError as err:  # bad corpus or tokenizer file: name it, no traceback
         print(f"data error: {err}", file=sys.stderr)
         return 2
 

@@ -141,12 +141,12 @@ def tokenizer_vocab(tokenizer: str | SentencePieceSpec) -> int:
 
 def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
     """Checks spanning blocks, as (dotted key, message): vocab matches the tokenizer."""
-    from param_decomp.data.tokenizers import TokenizerError
+    from param_decomp.data.tokenizers import DataError
 
     tok = cfg.data.tokenizer
     try:
         vocab = tokenizer_vocab(tok)
-    except TokenizerError as err:
+    except DataError as err:
         return [("data.tokenizer.model", err.message + f" ({err.path})")]
     if cfg.model.vocab_size != vocab:
         name = tok if isinstance(tok, str) else f"sentencepiece {tok.model or tok.vocab_size}"

@@ -20,6 +20,7 @@ from param_decomp.data.corpora import load_documents, split_documents
 from param_decomp.data.tokenizers import (
     TOKENIZER_CACHE,
     ByteTokenizer,
+    DataError,
     SentencePieceSettings,
     SentencePieceTokenizer,
     Tokenizer,
@@ -87,9 +88,10 @@ def corpus_splits(data: TextData, seq_len: int, cache_dir: Path = TOKENIZER_CACH
     train, val = tokenizer.encode(train_text), tokenizer.encode(val_text)
     for name, part in (("train", train), ("val", val)):
         if len(part) < seq_len + 1:
-            raise ValueError(
-                f"{name} split of {data.corpus} has {len(part)} tokens, fewer than seq_len + 1 = "
-                f"{seq_len + 1}; use a larger corpus, a shorter seq_len or another val_fraction"
+            raise DataError(
+                data.corpus,
+                f"the {name} split has {len(part)} tokens, fewer than seq_len + 1 = "
+                f"{seq_len + 1}; use a larger corpus, a shorter seq_len or another val_fraction",
             )
     return CorpusSplits(train, val, tokenizer)
 

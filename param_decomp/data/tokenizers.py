@@ -53,8 +53,9 @@ class ByteTokenizer:
         return np.ones((self.vocab_size,), np.int32)
 
 
-class TokenizerError(ValueError):
-    """A tokenizer that cannot be built or loaded; `path` names the file at fault."""
+class DataError(ValueError):
+    """A corpus or tokenizer that cannot be read, built or loaded; `path` names the file at
+    fault (the CLI prints it and exits 2, no traceback)."""
 
     def __init__(self, path: str | Path, message: str):
         super().__init__(f"{path}: {message}")
@@ -73,14 +74,14 @@ class SentencePieceTokenizer:
         try:
             self._sp.LoadFromSerializedProto(model_proto)
         except (RuntimeError, OSError) as err:
-            raise TokenizerError(source, f"not a sentencepiece model ({err})") from None
+            raise DataError(source, f"not a sentencepiece model ({err})") from None
         self.vocab_size = int(self._sp.GetPieceSize())
 
     @classmethod
     def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
         path = Path(path).expanduser()
         if not path.is_file():
-            raise TokenizerError(path, "sentencepiece model file not found")
+            raise DataError(path, "sentencepiece model file not found")
         return cls(path.read_bytes(), path)
 
     def encode(self, text: str) -> Int[np.ndarray, " n"]:
@@ -157,14 +158,14 @@ def train_sentencepiece(
         return SentencePieceTokenizer.from_file(path), True
     lines = [line for line in text.split("\n") if line]
     if not lines:
-        raise TokenizerError("<train text>", "no text to train a sentencepiece model on")
+        raise DataError("<train text>", "no text to train a sentencepiece model on")
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines), model_writer=model, **settings.trainer_kwargs()
         )
     except RuntimeError as err:
-        raise TokenizerError("<train text>", f"sentencepiece training failed: {err}") from None
+        raise DataError("<train text>", f"sentencepiece training failed: {err}") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(model.getvalue())

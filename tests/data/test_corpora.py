@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,59 @@ def test_unknown_corpus_name_is_a_config_error(tmp_path: Path) -> None:
 def test_shipped_shakespeare_config_loads() -> None:
     cfg = load_pretrain_config("configs/targets/shakespeare_sp1024.yaml")
     assert cfg.data.corpus == "shakespeare" and cfg.model.vocab_size == 1024
+
+
+def _cfg(tmp_path: Path, corpus: Path) -> object:
+    raw = {
+        "run_name": "x",
+        "model": {"type": "llama", "vocab_size": 256, "d_model": 8, "n_heads": 2, "d_mlp": 16},
+        "data": {"corpus": str(corpus)},
+        "train": {"steps": 1, "batch_size": 2, "optimizer": {"lr": 1e-3}},
+    }
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return load_pretrain_config(path)
+
+
+def test_user_corpora_directory_and_jsonl(tmp_path: Path) -> None:
+    from param_decomp.data.text import corpus_splits
+
+    d = tmp_path / "corpus"
+    (d / "sub").mkdir(parents=True)
+    for i in range(9):
+        (d / f"doc{i}.txt").write_text(f"plain document {i}\n" * 20)
+    lines = [json.dumps({"text": f"json document {i} " * 30, "id": i}) for i in range(11)]
+    (d / "sub" / "more.jsonl").write_text("\n".join(lines) + "\n")
+    docs = load_documents(str(d))
+    assert len(docs) == 20 and docs[0].name == "doc0.txt" and docs[-1].name == "more.jsonl:11"
+    cfg = _cfg(tmp_path, d)
+    splits = corpus_splits(cfg.data, cfg.seq_len, tmp_path / "tok")
+    assert len(splits.train) > len(splits.val) > 0
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.txt", b"\n\n  \n", "the corpus is empty"),
+        ("binary.txt", b"\x00\x01\x02 data", "looks binary"),
+        (
+            "bad.jsonl",
+            b'{"text": "ok"}\n{"body": "no text"}\n',
+            r"bad.jsonl:2: no string field 'text'",
+        ),
+        ("broken.jsonl", b'{"text": "ok"}\nnot json\n', r"broken.jsonl:2: not a JSON object"),
+        ("tiny.txt", b"too short\n", "fewer than seq_len"),
+    ],
+)
+def test_bad_corpora_name_the_file(tmp_path: Path, name: str, content: bytes, message: str) -> None:
+    from param_decomp.cli import main
+    from param_decomp.data.text import corpus_splits
+    from param_decomp.data.tokenizers import DataError
+
+    corpus = tmp_path / name
+    corpus.write_bytes(content)
+    cfg = _cfg(tmp_path, corpus)
+    with pytest.raises(DataError, match=message) as err:
+        corpus_splits(cfg.data, cfg.seq_len, tmp_path / "tok")
+    assert name in str(err.value)
+    assert main(["pretrain", str(tmp_path / "p.yaml"), "--runs-dir", str(tmp_path)]) == 2

@@ -18,9 +18,9 @@ from param_decomp.data.corpora import read_text_file, split_text
 from param_decomp.data.text import corpus_splits
 from param_decomp.data.tokenizers import (
     ByteTokenizer,
+    DataError,
     SentencePieceSettings,
     SentencePieceTokenizer,
-    TokenizerError,
     train_sentencepiece,
 )
 from param_decomp.targets.pretrain import pretrain
@@ -172,13 +172,13 @@ def test_bad_tokenizer_and_corpus_errors(tmp_path: Path) -> None:
     corpus = tmp_path / "latin1.txt"
     corpus.write_bytes(("hello world\n" * 200).encode() + "caf\xe9\n".encode("latin-1"))
     cfg = load_pretrain_config(_write(tmp_path, _pretrain_raw("byte", 256, str(corpus))))
-    with pytest.raises(TokenizerError, match=r"latin1.txt: not valid UTF-8 at byte 2403"):
+    with pytest.raises(DataError, match=r"latin1.txt: not valid UTF-8 at byte 2403"):
         corpus_splits(cfg.data, cfg.seq_len, tmp_path)
     path = _write(tmp_path, _pretrain_raw("byte", 256, str(corpus)))
     assert main(["pretrain", str(path), "--runs-dir", str(tmp_path)]) == 2
 
 
 def test_unloadable_model_bytes_raise_tokenizer_error() -> None:
-    with pytest.raises(TokenizerError, match="not a sentencepiece model"):
+    with pytest.raises(DataError, match="not a sentencepiece model"):
         SentencePieceTokenizer(b"\x00\x01garbage", "x.model")
     assert np.all(ByteTokenizer().encode("abc") == [97, 98, 99])
