@@ -3,6 +3,7 @@ reuse them equal the from-scratch forwards of S2.2 / S6."""
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -184,8 +185,9 @@ def test_s9_4_shared_products_equal_literal_forwards(routing: str, delta: bool) 
 
         g_shared = jax.grad(lambda vu: sq(shared(vu)))(VU)
         g_literal = jax.grad(lambda vu: sq(literal(vu)))(VU)
-        for a, b in zip(jax.tree.leaves(g_shared), jax.tree.leaves(g_literal), strict=True):
-            np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11)
+        # same tree, shapes and dtypes (float64 throughout), and close values
+        chex.assert_trees_all_equal_shapes_and_dtypes(g_shared, g_literal)
+        chex.assert_trees_all_close(g_shared, g_literal, rtol=1e-9, atol=1e-11)
 
 
 def _split64(module: nnx.Module) -> tuple:
