@@ -15,7 +15,7 @@ from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_
 
 from param_decomp.config.errors import ConfigError, format_validation_error
 from param_decomp.config.loading import read_yaml
-from param_decomp.config.schema import LlamaModel, NonNegFloat, Optimizer, StrictModel
+from param_decomp.config.schema import LMModel, NonNegFloat, Optimizer, StrictModel
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
 
@@ -108,7 +108,7 @@ class PretrainConfig(StrictModel):
 
     run_name: str = Field(min_length=1)
     seed: int = 0
-    model: LlamaModel
+    model: LMModel
     data: TextData = TextData()
     train: PretrainTraining
     objective: Objective = Objective()

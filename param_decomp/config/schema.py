@@ -112,6 +112,7 @@ class LlamaModel(StrictModel):
     logit_soft_cap: PositiveFloat | None = Field(
         default=None, description="logits -> cap * tanh(logits / cap); none when omitted"
     )
+    tied_head: bool = Field(default=False, description="logits from the embedding transposed")
 
     @model_validator(mode="after")
     def _heads_divide(self) -> LlamaModel:
@@ -122,7 +123,34 @@ class LlamaModel(StrictModel):
         return self
 
 
-TargetModel = Annotated[TMSModel | ResidMLPModel | LlamaModel, Field(discriminator="type")]
+class GPT2Model(StrictModel):
+    """Small GPT-2-style causal LM: LayerNorm, learned positions, GELU MLP, biases."""
+
+    type: Literal["gpt2"]
+    vocab_size: PositiveInt
+    d_model: PositiveInt
+    n_heads: PositiveInt
+    d_mlp: PositiveInt
+    n_layers: PositiveInt = 1
+    seq_len: PositiveInt = 16
+    logit_soft_cap: PositiveFloat | None = Field(
+        default=None, description="logits -> cap * tanh(logits / cap); none when omitted"
+    )
+    tied_head: bool = Field(default=True, description="logits from the embedding transposed")
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> GPT2Model:
+        if self.d_model % self.n_heads:
+            raise ValueError(
+                f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})"
+            )
+        return self
+
+
+LMModel = Annotated[LlamaModel | GPT2Model, Field(discriminator="type")]
+TargetModel = Annotated[
+    TMSModel | ResidMLPModel | LlamaModel | GPT2Model, Field(discriminator="type")
+]
 
 
 class TargetTraining(StrictModel):

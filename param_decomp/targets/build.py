@@ -4,13 +4,20 @@ from __future__ import annotations
 
 from flax import nnx
 
-from param_decomp.config.schema import LlamaModel, ResidMLPModel, TargetConfig, TMSModel
+from param_decomp.config.schema import (
+    GPT2Model,
+    LlamaModel,
+    ResidMLPModel,
+    TargetConfig,
+    TMSModel,
+)
+from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
 from param_decomp.targets.resid_mlp import ResidMLP
 from param_decomp.targets.tms import TMS
 
 
-def build_target(cfg: TargetConfig) -> TMS | ResidMLP | Llama:
+def build_target(cfg: TargetConfig) -> TMS | ResidMLP | Llama | GPT2:
     rngs = nnx.Rngs(params=cfg.seed)
     model = cfg.model
     if isinstance(model, TMSModel):
@@ -19,4 +26,6 @@ def build_target(cfg: TargetConfig) -> TMS | ResidMLP | Llama:
         return ResidMLP(model, rngs=rngs)
     if isinstance(model, LlamaModel):
         return Llama(model, rngs=rngs)
+    if isinstance(model, GPT2Model):
+        return GPT2(model, rngs=rngs)
     raise TypeError(f"unknown target model {type(model).__name__}")

@@ -69,7 +69,9 @@ class Llama(nnx.Module):
         )
         self.norms = nnx.List([nnx.Param(jnp.ones((2, d))) for _ in range(cfg.n_layers)])
         self.final_norm = nnx.Param(jnp.ones((d,)))
-        self.unembed = w((d, v))
+        self.tied_head = cfg.tied_head
+        if not cfg.tied_head:
+            self.unembed = w((d, v))
 
     def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]:
         return {
@@ -102,7 +104,8 @@ class Llama(nnx.Module):
             x = x + site("attn.o", attn)
             m_in = rms_norm(x, norms[1])
             x = x + site("mlp.down", jax.nn.silu(site("mlp.gate", m_in)) * site("mlp.up", m_in))
-        logits = rms_norm(x, self.final_norm[...]) @ self.unembed[...]
+        head = self.embed[...].T if self.tied_head else self.unembed[...]
+        logits = rms_norm(x, self.final_norm[...]) @ head
         return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)
 
     def labels(self, tokens: Int[Array, "b t"]) -> Int[Array, "b t"]:

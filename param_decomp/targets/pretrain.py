@@ -23,8 +23,10 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
+from param_decomp.config.schema import GPT2Model
 from param_decomp.data.text import corpus_splits, sample_windows, val_windows
 from param_decomp.losses import lm_objectives as lm
+from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
 from param_decomp.train.checkpoint import latest_step, restore_module, save_module
 from param_decomp.train.optimizer import make_optimizer
@@ -38,9 +40,12 @@ def pretrain_dir(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Path:
     return Path(runs_dir) / "targets" / cfg.run_name
 
 
-def build_llama(cfg: PretrainConfig) -> Llama:
-    """The untrained model; its init is a function of cfg.seed only."""
-    return Llama(cfg.model, rngs=nnx.Rngs(params=cfg.seed))
+def build_llama(cfg: PretrainConfig) -> Llama | GPT2:
+    """The untrained LM of the config's `model.type`; its init is a function of cfg.seed only."""
+    rngs = nnx.Rngs(params=cfg.seed)
+    if isinstance(cfg.model, GPT2Model):
+        return GPT2(cfg.model, rngs=rngs)
+    return Llama(cfg.model, rngs=rngs)
 
 
 def make_objective(obj: Objective, bytes_per_tok: Int[Array, " vocab"]) -> LossFn:
@@ -61,7 +66,7 @@ def make_objective(obj: Objective, bytes_per_tok: Int[Array, " vocab"]) -> LossF
 
 
 def evaluate(
-    model: Llama, windows: Int[Array, "n t_plus_1"], bytes_per_tok: Int[Array, " vocab"]
+    model: Llama | GPT2, windows: Int[Array, "n t_plus_1"], bytes_per_tok: Int[Array, " vocab"]
 ) -> dict[str, Float[Array, ""]]:
     """Plain next-token CE (nats) and bits per byte over all the given windows, in one batch."""
     logits = model(windows[:, :-1])
@@ -72,7 +77,7 @@ def evaluate(
     }
 
 
-def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> Llama:
+def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> Llama | GPT2:
     """Train from cfg.seed's init on random corpus windows; log metrics; save the checkpoint."""
     seq_len = cfg.seq_len
     splits = corpus_splits(cfg.data, seq_len, Path(runs_dir) / "tokenizers")
@@ -143,7 +148,7 @@ def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -
     return model
 
 
-def load_pretrained(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Llama:
+def load_pretrained(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Llama | GPT2:
     """The cached pretrained model if its checkpoint exists, else pretrain it first."""
     ckpt = pretrain_dir(cfg, runs_dir) / "checkpoint"
     if latest_step(ckpt) is None:

@@ -12,7 +12,7 @@ import yaml
 from flax import nnx
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.schema import LlamaModel, TargetConfig
+from param_decomp.config.schema import GPT2Model, LlamaModel, TargetConfig
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.targets.build import build_target
 from param_decomp.train.checkpoint import latest_step, restore_module, save_module
@@ -27,7 +27,7 @@ def target_dir(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> Path:
 
 def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> nnx.Module:
     """Train with MSE against the target's labels on fresh sparse batches; save the weights."""
-    if isinstance(cfg.model, LlamaModel):  # an LM learns from text, not sparse features
+    if isinstance(cfg.model, LlamaModel | GPT2Model):  # an LM learns from text, not features
         raise ConfigError(
             f"target {cfg.run_name!r}",
             [
