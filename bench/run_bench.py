@@ -146,18 +146,24 @@ def _session(cfg: Any, config_path: str) -> Any:
 # ----------------------------------------------------------------------------- FLOP counts
 
 
+def best_seconds(f: Any, *args: Any, reps: int) -> float:
+    """Best wall time of `reps` calls of an already-jitted f(*args), after one warm-up call."""
+    jax.block_until_ready(f(*args))
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
 def matmul_peak_gflops(reps: int = 10) -> float:
     """Dense fp32 matmul rate of this machine: best of `reps` jitted (m,k) @ (k,n) products."""
     m, k, n = MATMUL_SHAPE
     a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
     f = jax.jit(jnp.matmul)
-    jax.block_until_ready(f(a, b))
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(a, b))
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(f, a, b, reps=reps)
     return 2.0 * m * k * n / best / 1e9
 
 
@@ -231,12 +237,7 @@ def matmul_floor(products: list[dict[str, Any]], reps: int = 10) -> dict[str, An
         a = jnp.ones(p["lhs"], jnp.float32)
         b = jnp.ones(p["rhs"], jnp.float32)
         f = jax.jit(lambda x, y, dims=dims: jax.lax.dot_general(x, y, dims))
-        jax.block_until_ready(f(a, b))
-        best = float("inf")
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(a, b))
-            best = min(best, time.perf_counter() - t0)
+        best = best_seconds(f, a, b, reps=reps)
         total += best * p["count"]
         rows.append(
             {
@@ -458,12 +459,7 @@ def trivial_kernel_seconds(shape: tuple[int, ...], n: int = 100, reps: int = 5) 
 
     f = jax.jit(chain)
     x = jnp.ones(shape, jnp.float32)
-    jax.block_until_ready(f(x))
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(x))
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(f, x, reps=reps)
     return best / n
 
 
@@ -489,12 +485,7 @@ def ci_function_seconds(session: Any, params: Any, batch: Any, reps: int = 10) -
         return sum(jnp.sum(lower[s] * upper[s]) for s in lower)
 
     f = jax.jit(jax.grad(loss))
-    jax.block_until_ready(f(params))
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(f(params))
-        best = min(best, time.perf_counter() - t0)
+    best = best_seconds(f, params, reps=reps)
     return best
 
 

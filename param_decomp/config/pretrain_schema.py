@@ -70,20 +70,13 @@ class Objective(StrictModel):
     label_smoothing: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.0
 
     # Field validators run only on keys present in the file, so defaults never trip these.
-    @field_validator("gamma")
+    @field_validator("gamma", "epsilon")
     @classmethod
-    def _gamma_only_for_focal(cls, value: float, info: ValidationInfo) -> float:
+    def _only_for_its_kind(cls, value: float, info: ValidationInfo) -> float:
         kind = info.data.get("kind")
-        if kind is not None and kind != "focal":
-            raise ValueError(f"only applies to kind: focal (kind is {kind!r})")
-        return value
-
-    @field_validator("epsilon")
-    @classmethod
-    def _epsilon_only_for_poly1(cls, value: float, info: ValidationInfo) -> float:
-        kind = info.data.get("kind")
-        if kind is not None and kind != "poly1":
-            raise ValueError(f"only applies to kind: poly1 (kind is {kind!r})")
+        needed = {"gamma": "focal", "epsilon": "poly1"}[info.field_name]
+        if kind is not None and kind != needed:
+            raise ValueError(f"only applies to kind: {needed} (kind is {kind!r})")
         return value
 
     @field_validator("label_smoothing")

@@ -99,10 +99,9 @@ class ResidMLPModel(StrictModel):
     label_coeff: float = 1.0
 
 
-class LlamaModel(StrictModel):
-    """Small Llama-style causal LM: RMSNorm, RoPE attention, SwiGLU MLP."""
+class _LMFields(StrictModel):
+    """What every LM target's config has: sizes, context, the logit soft-cap."""
 
-    type: Literal["llama"]
     vocab_size: PositiveInt
     d_model: PositiveInt
     n_heads: PositiveInt
@@ -112,6 +111,12 @@ class LlamaModel(StrictModel):
     logit_soft_cap: PositiveFloat | None = Field(
         default=None, description="logits -> cap * tanh(logits / cap); none when omitted"
     )
+
+
+class LlamaModel(_LMFields):
+    """Small Llama-style causal LM: RMSNorm, RoPE attention, SwiGLU MLP."""
+
+    type: Literal["llama"]
     tied_head: bool = Field(default=False, description="logits from the embedding transposed")
 
     @model_validator(mode="after")
@@ -123,19 +128,10 @@ class LlamaModel(StrictModel):
         return self
 
 
-class GPT2Model(StrictModel):
+class GPT2Model(_LMFields):
     """Small GPT-2-style causal LM: LayerNorm, learned positions, GELU MLP, biases."""
 
     type: Literal["gpt2"]
-    vocab_size: PositiveInt
-    d_model: PositiveInt
-    n_heads: PositiveInt
-    d_mlp: PositiveInt
-    n_layers: PositiveInt = 1
-    seq_len: PositiveInt = 16
-    logit_soft_cap: PositiveFloat | None = Field(
-        default=None, description="logits -> cap * tanh(logits / cap); none when omitted"
-    )
     tied_head: bool = Field(default=True, description="logits from the embedding transposed")
 
     @model_validator(mode="after")

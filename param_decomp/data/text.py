@@ -16,7 +16,7 @@ import numpy as np
 from jaxtyping import Array, Int
 
 from param_decomp.config.pretrain_schema import TOKENIZER_VOCAB, SentencePieceSpec, TextData
-from param_decomp.data.corpora import load_documents, split_documents
+from param_decomp.data.corpora import load_documents, read_text_file, split_documents
 from param_decomp.data.tokenizers import (
     TOKENIZER_CACHE,
     ByteTokenizer,
@@ -28,35 +28,36 @@ from param_decomp.data.tokenizers import (
 )
 
 
-def encode(text: str, tokenizer: str = "byte") -> Int[np.ndarray, " n"]:
-    """Token ids of `text`; the byte tokenizer maps each UTF-8 byte to its value (vocab 256)."""
+def _named_tokenizer(tokenizer: str) -> Tokenizer:
     if tokenizer != "byte":
         raise ValueError(f"unknown tokenizer {tokenizer!r}; available: {list(TOKENIZER_VOCAB)}")
-    return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+    return ByteTokenizer()
+
+
+def encode(text: str, tokenizer: str = "byte") -> Int[np.ndarray, " n"]:
+    """Token ids of `text`; the byte tokenizer maps each UTF-8 byte to its value (vocab 256)."""
+    return _named_tokenizer(tokenizer).encode(text)
 
 
 def decode(tokens: Int[np.ndarray, " n"], tokenizer: str = "byte") -> str:
     """Inverse of `encode` (invalid UTF-8 sequences become U+FFFD)."""
-    if tokenizer != "byte":
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; available: {list(TOKENIZER_VOCAB)}")
-    return np.asarray(tokens, dtype=np.uint8).tobytes().decode("utf-8", errors="replace")
+    return _named_tokenizer(tokenizer).decode(tokens)
 
 
 def bytes_per_token(tokenizer: str = "byte") -> Int[Array, " vocab"]:
     """UTF-8 byte length of each token id, for bytes-weighted CE and bits per byte."""
-    if tokenizer != "byte":
-        raise ValueError(f"unknown tokenizer {tokenizer!r}; available: {list(TOKENIZER_VOCAB)}")
-    return jnp.ones((TOKENIZER_VOCAB["byte"],), jnp.int32)
+    return jnp.asarray(_named_tokenizer(tokenizer).bytes_per_token())
 
 
 def load_tokens(path: str | Path, tokenizer: str = "byte") -> Int[np.ndarray, " n"]:
     """The whole corpus file, tokenized."""
-    return encode(Path(path).expanduser().read_text(encoding="utf-8"), tokenizer)
+    return encode(read_text_file(path), tokenizer)
 
 
 @dataclass(frozen=True)
 class CorpusSplits:
-    """A corpus cut into train and val text at a line boundary, then tokenized."""
+    """A corpus cut into train and val text (by document, or at a line boundary for one
+    document), then tokenized by the tokenizer built on the train text."""
 
     train: Int[np.ndarray, " n_train"]
     val: Int[np.ndarray, " n_val"]
@@ -71,9 +72,7 @@ def build_tokenizer(
 ) -> Tokenizer:
     """The configured tokenizer; a trained sentencepiece model learns from `train_text` only."""
     if isinstance(spec, str):
-        if spec != "byte":
-            raise ValueError(f"unknown tokenizer {spec!r}; available: {list(TOKENIZER_VOCAB)}")
-        return ByteTokenizer()
+        return _named_tokenizer(spec)
     if spec.model is not None:
         return SentencePieceTokenizer.from_file(spec.model)
     settings = SentencePieceSettings(spec.vocab_size, spec.model_type, spec.byte_fallback)

@@ -17,7 +17,11 @@ from typing import Any
 import jax
 from jaxtyping import Array, Float
 
-from param_decomp.decomposition.components import masked_product_sum, stochastic_mask
+from param_decomp.decomposition.components import (
+    component_acts,
+    masked_product_sum,
+    stochastic_mask,
+)
 from param_decomp.targets.base import SiteFn
 
 
@@ -63,7 +67,7 @@ def inner_acts(
 ) -> dict[str, Float[Array, "*b C"]]:
     """x @ V on each site's clean input: the one product the CI function and every masked
     forward whose site input is clean share (S9.4)."""
-    return {s: record.inputs[s] @ VU[s][0] for s in VU}
+    return {s: component_acts(record.inputs[s], VU[s][0]) for s in VU}
 
 
 def masked_site_fn(

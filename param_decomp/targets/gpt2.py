@@ -15,7 +15,7 @@ from jaxtyping import Array, Float, Int
 
 from param_decomp.config.schema import GPT2Model
 from param_decomp.targets.base import SiteFn, dense_site
-from param_decomp.targets.llama import soft_cap
+from param_decomp.targets.token_lm import TokenLM, causal_attention
 
 SITE_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")
 
@@ -28,7 +28,9 @@ def layer_norm(
     return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-class GPT2(nnx.Module):
+class GPT2(TokenLM):
+    SITE_KINDS = SITE_KINDS
+
     def __init__(self, cfg: GPT2Model, *, rngs: nnx.Rngs):
         self.n_features = cfg.vocab_size
         self.n_heads = cfg.n_heads
@@ -72,16 +74,6 @@ class GPT2(nnx.Module):
         if not cfg.tied_head:
             self.unembed = nnx.Param(jax.random.normal(rngs.params(), (d, v)) * 0.02)
 
-    def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]:
-        return {
-            f"layers.{i}.{k}": layer[k.replace(".", "_")][...]
-            for i, layer in enumerate(self.layers)
-            for k in SITE_KINDS
-        }
-
-    def batch_shape(self, tokens: Int[Array, "b t"]) -> tuple[int, ...]:
-        return tuple(tokens.shape)
-
     def __call__(
         self, tokens: Int[Array, "b t"], site_fn: SiteFn = dense_site
     ) -> Float[Array, "b t v"]:
@@ -90,7 +82,6 @@ class GPT2(nnx.Module):
         x = self.embed[...][tokens] + self.positions[...][:t]
         d = x.shape[-1]
         h = self.n_heads
-        causal = jnp.tril(jnp.ones((t, t), bool))
         for i in range(self.n_layers):
             bias = self.biases[i]
 
@@ -103,16 +94,8 @@ class GPT2(nnx.Module):
             q = site("attn.q", a_in).reshape(b, t, h, d // h)
             k = site("attn.k", a_in).reshape(b, t, h, d // h)
             v = site("attn.v", a_in).reshape(b, t, h, d // h)
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / (d // h) ** 0.5
-            probs = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
-            x = x + site("attn.o", jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d))
+            x = x + site("attn.o", causal_attention(q, k, v))
             m_in = layer_norm(x, n[2], n[3])
             x = x + site("mlp.proj", jax.nn.gelu(site("mlp.fc", m_in)))
         fn = self.final_norm[...]
-        head = self.embed[...].T if self.tied_head else self.unembed[...]
-        logits = layer_norm(x, fn[0], fn[1]) @ head
-        return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)
-
-    def labels(self, tokens: Int[Array, "b t"]) -> Int[Array, "b t"]:
-        """Next-token labels; the last position has none (see `lm_objectives`)."""
-        return tokens
+        return self.head(layer_norm(x, fn[0], fn[1]))

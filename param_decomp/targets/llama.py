@@ -13,6 +13,7 @@ from jaxtyping import Array, Float, Int
 
 from param_decomp.config.schema import LlamaModel
 from param_decomp.targets.base import SiteFn, dense_site
+from param_decomp.targets.token_lm import TokenLM, causal_attention
 
 SITE_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp.down")
 
@@ -34,13 +35,9 @@ def rope(x: Float[Array, "b t h d"], base: float = 10000.0) -> Float[Array, "b t
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def soft_cap(logits: Float[Array, "*b vocab"], cap: float) -> Float[Array, "*b vocab"]:
-    """cap * tanh(logits / cap): logits bounded in (-cap, cap), about the identity well below
-    the cap (the tanh logit soft-cap of Gemma 2 / modded-nanoGPT)."""
-    return cap * jnp.tanh(logits / cap)
+class Llama(TokenLM):
+    SITE_KINDS = SITE_KINDS
 
-
-class Llama(nnx.Module):
     def __init__(self, cfg: LlamaModel, *, rngs: nnx.Rngs):
         self.n_features = cfg.vocab_size
         self.n_heads = cfg.n_heads
@@ -73,16 +70,6 @@ class Llama(nnx.Module):
         if not cfg.tied_head:
             self.unembed = w((d, v))
 
-    def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]:
-        return {
-            f"layers.{i}.{k}": layer[k.replace(".", "_")][...]
-            for i, layer in enumerate(self.layers)
-            for k in SITE_KINDS
-        }
-
-    def batch_shape(self, tokens: Int[Array, "b t"]) -> tuple[int, ...]:
-        return tuple(tokens.shape)
-
     def __call__(
         self, tokens: Int[Array, "b t"], site_fn: SiteFn = dense_site
     ) -> Float[Array, "b t v"]:
@@ -90,7 +77,6 @@ class Llama(nnx.Module):
         x = self.embed[...][tokens]
         b, t, d = x.shape
         h = self.n_heads
-        causal = jnp.tril(jnp.ones((t, t), bool))
         for i in range(self.n_layers):
             site = lambda k, inp, i=i: site_fn(f"layers.{i}.{k}", inp, weights[f"layers.{i}.{k}"])  # noqa: E731
             norms = self.norms[i][...]
@@ -98,16 +84,7 @@ class Llama(nnx.Module):
             q = rope(site("attn.q", a_in).reshape(b, t, h, d // h))
             k = rope(site("attn.k", a_in).reshape(b, t, h, d // h))
             v = site("attn.v", a_in).reshape(b, t, h, d // h)
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / (d // h) ** 0.5
-            probs = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
-            attn = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, d)
-            x = x + site("attn.o", attn)
+            x = x + site("attn.o", causal_attention(q, k, v))
             m_in = rms_norm(x, norms[1])
             x = x + site("mlp.down", jax.nn.silu(site("mlp.gate", m_in)) * site("mlp.up", m_in))
-        head = self.embed[...].T if self.tied_head else self.unembed[...]
-        logits = rms_norm(x, self.final_norm[...]) @ head
-        return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)
-
-    def labels(self, tokens: Int[Array, "b t"]) -> Int[Array, "b t"]:
-        """Next-token labels; the last position has none (see `lm_objectives`)."""
-        return tokens
+        return self.head(rms_norm(x, self.final_norm[...]))
