@@ -56,8 +56,18 @@ class TextData(StrictModel):
     seq_len: PositiveInt | None = Field(
         default=None, description="training context; omitted means model.seq_len"
     )
+    documents: Literal["file", "blank_lines"] = Field(
+        default="file",
+        description="a plain-text file is one document, or one per blank-line-separated block",
+    )
+    text_field: str = Field(
+        default="text", min_length=1, description="the JSONL field / parquet column of the text"
+    )
     val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
     max_val_windows: PositiveInt = 512
+    prefetch: PositiveInt = Field(
+        default=4, description="training batches read ahead (the data pipeline's memory bound)"
+    )
 
 
 class Objective(StrictModel):
@@ -94,6 +104,10 @@ class PretrainTraining(StrictModel):
     optimizer: Optimizer
     log_every: PositiveInt = 100
     eval_every: PositiveInt = 500
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="LM compute dtype; bfloat16 keeps fp32 master weights, norms, softmax, logits",
+    )
 
 
 class PretrainConfig(StrictModel):

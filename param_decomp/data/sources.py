@@ -1,16 +1,16 @@
 """Batches for a decomposition run: training batches placed on the mesh, eval batches, probes.
 
-Toy targets draw sparse features; LM targets draw windows of the pretraining corpus. Both
-draw the GLOBAL batch as a pure function of (seed, step) inside jit with the batch sharding as
-output, so each device (and process) computes only its own rows and the data never depends
-on the layout (S12.2).
+Toy targets draw sparse features inside jit with the batch sharding as output; LM targets read
+windows of the pretraining corpus through the grain pipeline, each process only its rows. In
+both the GLOBAL batch is a pure function of (seed, step), so the data never depends on the
+layout (S12.2, S12.5).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,9 @@ from jaxtyping import Array
 
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import SparseFeatureData
+from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
-from param_decomp.data.text import corpus_splits, sample_windows, val_windows
-from param_decomp.data.tokenizers import TOKENIZER_CACHE
+from param_decomp.data.token_store import CACHE_ROOT, prepare_tokens
 
 
 @dataclass
@@ -52,6 +52,10 @@ class SparseFeatureSource:
             for i in range(n)
         ]
 
+    def data_state(self) -> dict[str, Any] | None:
+        """None: a toy batch is drawn in jit from (seed, step), there is no pipeline state."""
+        return None
+
     def probe(self) -> Array | None:
         """Single-feature inputs: row i has only feature i on (the CI-vs-feature figure)."""
         return one_feature_inputs(self.n_features)
@@ -59,31 +63,36 @@ class SparseFeatureSource:
 
 @dataclass
 class TextSource:
-    """Token windows of the target's pretraining corpus (train split for training)."""
+    """Windows of the target's pretraining corpus through the grain pipeline (S12.5): the
+    train split for training, fixed val windows for evaluation and the probe."""
 
     pretrain: PretrainConfig
     batch_size: int
     seed: int
     sharding: Sharding | None = None
-    tokenizer_cache: Path = TOKENIZER_CACHE
+    cache_root: Path = CACHE_ROOT
 
     def __post_init__(self) -> None:
-        text = self.pretrain.data
-        splits = corpus_splits(text, self.pretrain.seq_len, self.tokenizer_cache)
-        self._train, self._val = splits.train, splits.val
-        self._train_device = jnp.asarray(self._train)
-        draw = partial(
-            sample_windows, batch_size=self.batch_size, seq_len=self.pretrain.seq_len - 1
-        )
-        self._draw = jax.jit(
-            lambda toks, step: draw(toks, self.seed + 1, step), out_shardings=self.sharding
+        data, window = self.pretrain.data, self.pretrain.seq_len - 1
+        self._store = prepare_tokens(data, window, self.cache_root)
+        self._batches = TextBatches(
+            self._store.train, window, self.batch_size, self.seed + 1, self.sharding, data.prefetch
         )
 
     def train_batch(self, step: int) -> Array:
-        return self._draw(self._train_device, step)
+        if self._batches.position != step:  # a resumed or restarted run
+            self._batches.set_state({**self._batches.get_state(), "next_index": step})
+        return next(self._batches)
+
+    def data_state(self) -> dict[str, Any] | None:
+        """The pipeline position saved with a checkpoint."""
+        return self._batches.get_state()
+
+    def restore_data_state(self, state: dict[str, Any]) -> None:
+        self._batches.set_state(state)
 
     def eval_batches(self, n: int, batch_size: int) -> list[Array]:
-        windows = val_windows(self._val, self.pretrain.seq_len - 1, n * batch_size)
+        windows = fixed_windows(self._store.val, self.pretrain.seq_len - 1, n * batch_size)
         return [
             jnp.asarray(windows[i : i + batch_size]) for i in range(0, len(windows), batch_size)
         ][:n]

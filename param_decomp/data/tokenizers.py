@@ -31,6 +31,11 @@ TOKENIZER_CACHE = Path("runs") / "tokenizers"
 class Tokenizer(Protocol):
     vocab_size: int
 
+    @property
+    def eod_id(self) -> int:
+        """The end-of-document token that separates packed documents (zero bytes)."""
+        ...
+
     def encode(self, text: str) -> Int[np.ndarray, " n"]: ...
 
     def decode(self, ids: Int[np.ndarray, " n"]) -> str: ...
@@ -39,9 +44,12 @@ class Tokenizer(Protocol):
 
 
 class ByteTokenizer:
-    """Each UTF-8 byte is a token (vocab 256); every token is one byte."""
+    """Each UTF-8 byte is a token (vocab 256). Id 0 (NUL, which no text corpus contains: the
+    readers refuse it) is the end-of-document token and counts zero bytes; every other token
+    is one byte."""
 
     vocab_size = 256
+    eod_id = 0
 
     def encode(self, text: str) -> Int[np.ndarray, " n"]:
         return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
@@ -50,7 +58,9 @@ class ByteTokenizer:
         return np.asarray(ids, dtype=np.uint8).tobytes().decode("utf-8", errors="replace")
 
     def bytes_per_token(self) -> Int[np.ndarray, " vocab"]:
-        return np.ones((self.vocab_size,), np.int32)
+        table = np.ones((self.vocab_size,), np.int32)
+        table[self.eod_id] = 0
+        return table
 
 
 class DataError(ValueError):
@@ -83,6 +93,21 @@ class SentencePieceTokenizer:
         if not path.is_file():
             raise DataError(path, "sentencepiece model file not found")
         return cls(path.read_bytes(), path)
+
+    @property
+    def eod_id(self) -> int:
+        """The model's end-of-sentence piece (a control piece: zero bytes)."""
+        eos = int(self._sp.eos_id())
+        if eos < 0:
+            raise DataError(
+                self.source,
+                "the model has no end-of-sentence piece (eos_id -1); packing documents needs "
+                "one as the end-of-document token: train it with eos_id >= 0",
+            )
+        return eos
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.model_proto).hexdigest()
 
     def encode(self, text: str) -> Int[np.ndarray, " n"]:
         return np.asarray(self._sp.EncodeAsIds(text), dtype=np.int32)

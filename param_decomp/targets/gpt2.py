@@ -23,9 +23,12 @@ SITE_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.fc", "mlp.proj")
 def layer_norm(
     x: Float[Array, "*b d"], scale: Float[Array, " d"], bias: Float[Array, " d"], eps: float = 1e-5
 ) -> Float[Array, "*b d"]:
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+    """(x - mean) / std * scale + bias; the statistics and the affine map in float32, the result
+    in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return ((x32 - mean) * jax.lax.rsqrt(var + eps) * scale + bias).astype(x.dtype)
 
 
 class GPT2(TokenLM):

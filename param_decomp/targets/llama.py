@@ -21,16 +21,22 @@ SITE_KINDS = ("attn.q", "attn.k", "attn.v", "attn.o", "mlp.gate", "mlp.up", "mlp
 def rms_norm(
     x: Float[Array, "*b d"], scale: Float[Array, " d"], eps: float = 1e-6
 ) -> Float[Array, "*b d"]:
-    var = jnp.mean(jnp.square(x.astype(jnp.float32)), axis=-1, keepdims=True)
-    return x * jax.lax.rsqrt(var + eps) * scale
+    """x / rms(x) * scale; the statistics and the product in float32, the result in x's dtype."""
+    x32 = x.astype(jnp.float32)
+    var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+    return (x32 * jax.lax.rsqrt(var + eps) * scale).astype(x.dtype)
 
 
 def rope(x: Float[Array, "b t h d"], base: float = 10000.0) -> Float[Array, "b t h d"]:
-    """Rotary position embedding over the last dim (pairs (i, i + d/2))."""
+    """Rotary position embedding over the last dim (pairs (i, i + d/2)).
+
+    The angles and their cos/sin are float32; the tables are cast to x's dtype before the
+    rotation, so a bf16 x stays bf16 (a no-op for float32)."""
     t, d = x.shape[1], x.shape[-1]
     freqs = base ** (-jnp.arange(0, d // 2, dtype=jnp.float32) / (d // 2))
     angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]
-    cos, sin = jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+    cos = jnp.cos(angles)[None, :, None, :].astype(x.dtype)
+    sin = jnp.sin(angles)[None, :, None, :].astype(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 

@@ -24,10 +24,12 @@ from jaxtyping import Array, Float, Int
 
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
 from param_decomp.config.schema import GPT2Model
-from param_decomp.data.text import corpus_splits, sample_windows, val_windows
+from param_decomp.data.pipeline import TextBatches, fixed_windows
+from param_decomp.data.token_store import prepare_tokens
 from param_decomp.losses import lm_objectives as lm
 from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
+from param_decomp.targets.precision import lm_logits
 from param_decomp.train.checkpoint import latest_step, restore_module, save_module
 from param_decomp.train.optimizer import make_optimizer
 
@@ -66,9 +68,12 @@ def make_objective(obj: Objective, bytes_per_tok: Int[Array, " vocab"]) -> LossF
 
 
 def evaluate(
-    model: Llama | GPT2, windows: Int[Array, "n t_plus_1"], bytes_per_tok: Int[Array, " vocab"]
+    model: Callable[[Int[Array, "n t"]], Float[Array, "n t v"]],
+    windows: Int[Array, "n t_plus_1"],
+    bytes_per_tok: Int[Array, " vocab"],
 ) -> dict[str, Float[Array, ""]]:
-    """Plain next-token CE (nats) and bits per byte over all the given windows, in one batch."""
+    """Plain next-token CE (nats) and bits per byte over all the given windows, in one batch;
+    `model` maps tokens to float32 logits (an LM, or `lm_logits` at the run's compute dtype)."""
     logits = model(windows[:, :-1])
     targets = windows[:, 1:]
     return {
@@ -78,34 +83,39 @@ def evaluate(
 
 
 def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> Llama | GPT2:
-    """Train from cfg.seed's init on random corpus windows; log metrics; save the checkpoint."""
+    """Train from cfg.seed's init on the corpus's train windows (through the grain pipeline);
+    log metrics; save the checkpoint with the pipeline position."""
     seq_len = cfg.seq_len
-    splits = corpus_splits(cfg.data, seq_len, Path(runs_dir) / "tokenizers")
-    train_tokens = jnp.asarray(splits.train)
-    val = jnp.asarray(val_windows(splits.val, seq_len, cfg.data.max_val_windows))
-    bpt = splits.bytes_per_token()
+    store = prepare_tokens(cfg.data, seq_len, Path(runs_dir))
+    val = jnp.asarray(fixed_windows(store.val, seq_len, cfg.data.max_val_windows))
+    bpt = jnp.asarray(store.tokenizer.bytes_per_token())
     loss_of_logits = make_objective(cfg.objective, bpt)
+    batches = TextBatches(
+        store.train, seq_len, cfg.train.batch_size, cfg.seed + 1, prefetch=cfg.data.prefetch
+    )
 
     model = build_llama(cfg)
     graphdef, params = nnx.split(model)  # every variable of the LM is a trained Param
     optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
-    batch_size, seed = cfg.train.batch_size, cfg.seed + 1
 
     def loss_fn(p: nnx.State, windows: Int[Array, "b t_plus_1"]) -> Float[Array, ""]:
-        logits = nnx.merge(graphdef, p)(windows[:, :-1])
+        logits = lm_logits(graphdef, p, windows[:, :-1], cfg.train.compute_dtype)
         return loss_of_logits(logits, windows[:, 1:])
 
     @jax.jit
     def train_step(
-        state: tuple[nnx.State, optax.OptState], data: Int[Array, " n"], step: Int[Array, ""]
+        state: tuple[nnx.State, optax.OptState], windows: Int[Array, "b t_plus_1"]
     ) -> tuple[tuple[nnx.State, optax.OptState], Float[Array, ""]]:
         p, opt = state
-        windows = sample_windows(data, seed, step, batch_size, seq_len)
         loss, grads = jax.value_and_grad(loss_fn)(p, windows)
         updates, opt = optimizer.update(grads, opt, p)
         return (optax.apply_updates(p, updates), opt), loss
 
-    eval_step = jax.jit(lambda p, w: evaluate(nnx.merge(graphdef, p), w, bpt))
+    eval_step = jax.jit(
+        lambda p, w: evaluate(
+            lambda tokens: lm_logits(graphdef, p, tokens, cfg.train.compute_dtype), w, bpt
+        )
+    )
 
     out_dir = pretrain_dir(cfg, runs_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,7 +138,7 @@ def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -
 
         record(0, {k: float(v) for k, v in eval_step(state[0], val).items()})
         for step in range(steps):
-            state, loss = train_step(state, train_tokens, jnp.asarray(step, jnp.int32))
+            state, loss = train_step(state, next(batches))
             running.append(loss)
             done = step + 1
             values: dict[str, float] = {}
@@ -144,7 +154,7 @@ def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -
     ckpt = out_dir / "checkpoint"
     if ckpt.exists():  # a rerun retrains from scratch and replaces the cached model
         shutil.rmtree(ckpt)
-    save_module(ckpt, steps, model)
+    save_module(ckpt, steps, model, data_state=batches.get_state())
     return model
 
 

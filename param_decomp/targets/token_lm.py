@@ -22,11 +22,14 @@ def soft_cap(logits: Float[Array, "*b vocab"], cap: float) -> Float[Array, "*b v
 def causal_attention(
     q: Float[Array, "b t h dh"], k: Float[Array, "b t h dh"], v: Float[Array, "b t h dh"]
 ) -> Float[Array, "b t h_dh"]:
-    """Softmax attention of every position over itself and the positions before it."""
+    """Softmax attention of every position over itself and the positions before it.
+
+    The scores and the softmax are float32 whatever the input dtype; the probabilities are cast
+    to v's dtype for the value product, so the output has v's dtype (see `precision`)."""
     b, t, h, dh = q.shape
     causal = jnp.tril(jnp.ones((t, t), bool))
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / dh**0.5
-    probs = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / dh**0.5
+    probs = jax.nn.softmax(jnp.where(causal, scores, -1e30), axis=-1).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, t, h * dh)
 
 
@@ -48,7 +51,10 @@ class TokenLM(nnx.Module):
         return tokens
 
     def head(self, normed: Float[Array, "b t d"]) -> Float[Array, "b t v"]:
-        """Logits from the final normalised residual: embed^T when tied, then the soft-cap."""
+        """Logits from the final normalised residual: embed^T when tied, then the soft-cap.
+
+        The product accumulates into float32 and the logits are float32 whatever the compute
+        dtype, so the soft-cap and every loss on them run in float32 (see `precision`)."""
         weight = self.embed[...].T if self.tied_head else self.unembed[...]
-        logits = normed @ weight
+        logits = jnp.matmul(normed, weight, preferred_element_type=jnp.float32).astype(jnp.float32)
         return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)

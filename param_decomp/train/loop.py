@@ -141,7 +141,7 @@ def build_session(
             cfg.train.batch_size,
             cfg.seed,
             compiled.batch_sharding,
-            Path(runs_dir) / "tokenizers",
+            Path(runs_dir),
         )
     else:
         data = cfg.data or target_cfg.data
@@ -206,12 +206,20 @@ def run_decompose(
                 bar.update(step + 1 - bar.n)
             every = cfg.checkpointing.every
             if every and (step + 1) % every == 0 and not last:
-                save_pytree(run_dir / "checkpoints", step + 1, state, cfg.checkpointing.keep)
+                save_pytree(
+                    run_dir / "checkpoints",
+                    step + 1,
+                    state,
+                    cfg.checkpointing.keep,
+                    session.source.data_state(),
+                )
     finally:
         bar.close()
         if metrics_file is not None:
             metrics_file.close()
-    save_pytree(run_dir / "checkpoints", steps, state, cfg.checkpointing.keep)
+    save_pytree(
+        run_dir / "checkpoints", steps, state, cfg.checkpointing.keep, session.source.data_state()
+    )
     return finish_run(
         cfg,
         session.objective,

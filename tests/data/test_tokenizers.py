@@ -15,7 +15,7 @@ from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import DEFAULT_CORPUS, load_pretrain_config
 from param_decomp.data.corpora import read_text_file, split_text
-from param_decomp.data.text import corpus_splits
+from param_decomp.data.token_store import prepare_tokens
 from param_decomp.data.tokenizers import (
     ByteTokenizer,
     DataError,
@@ -62,10 +62,11 @@ def test_bytes_table_sums_to_utf8_length(
     assert len(byte_ids) == 256 and set(table[byte_ids]) == {1}
 
 
-def test_byte_tokenizer_table_is_all_ones() -> None:
+def test_byte_tokenizer_table_is_one_byte_per_token_and_zero_for_eod() -> None:
     tok = ByteTokenizer()
     text = "".join(TRICKY)
     assert int(tok.bytes_per_token()[tok.encode(text)].sum()) == len(text.encode("utf-8"))
+    assert tok.bytes_per_token()[tok.eod_id] == 0 and tok.eod_id not in tok.encode(text)
 
 
 @pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: s.model_type)
@@ -134,12 +135,15 @@ def test_pretrain_on_a_trained_sentencepiece_reports_bits_per_byte(tmp_path: Pat
     assert last["val/loss"] < math.log(384)  # learned something in 40 steps
     # the tokenizer was trained once, on the train split, and cached under runs/tokenizers
     (model_file,) = (tmp_path / "tokenizers").iterdir()
-    splits = corpus_splits(cfg.data, cfg.seq_len, tmp_path / "tokenizers")
-    assert splits.tokenizer.model_proto == model_file.read_bytes()
+    store = prepare_tokens(cfg.data, cfg.seq_len, tmp_path)
+    assert store.tokenizer.model_proto == model_file.read_bytes()
     train_text, val_text = split_text(read_text_file(cfg.data.corpus), cfg.data.val_fraction)
-    table = splits.tokenizer.bytes_per_token()
-    assert int(table[splits.val].sum()) == len(val_text.encode("utf-8"))
-    assert int(table[splits.train].sum()) == len(train_text.encode("utf-8"))
+    table = store.tokenizer.bytes_per_token()
+    for part, text in ((store.train, train_text), (store.val, val_text)):
+        tokens = np.fromfile(part.path, part.dtype)
+        assert int(table[tokens].sum()) == len(text.encode("utf-8"))
+        assert tokens[-1] == store.tokenizer.eod_id  # each document ends with the EOD token
+        assert int(np.sum(tokens == store.tokenizer.eod_id)) == 1
 
 
 def test_pretrain_from_a_model_file(tmp_path: Path, corpus_text: str) -> None:
@@ -148,9 +152,9 @@ def test_pretrain_from_a_model_file(tmp_path: Path, corpus_text: str) -> None:
     model.write_bytes(tok.model_proto)
     spec = {"kind": "sentencepiece", "model": str(model)}
     cfg = load_pretrain_config(_write(tmp_path, _pretrain_raw(spec, 384)))
-    splits = corpus_splits(cfg.data, cfg.seq_len, tmp_path / "unused")
-    assert splits.tokenizer.model_proto == tok.model_proto
-    assert not (tmp_path / "unused").exists()
+    store = prepare_tokens(cfg.data, cfg.seq_len, tmp_path / "cache_root")
+    assert store.tokenizer.model_proto == tok.model_proto
+    assert not (tmp_path / "cache_root" / "tokenizers").exists()  # nothing trained
 
 
 def test_bad_tokenizer_and_corpus_errors(tmp_path: Path) -> None:
@@ -173,7 +177,7 @@ def test_bad_tokenizer_and_corpus_errors(tmp_path: Path) -> None:
     corpus.write_bytes(("hello world\n" * 200).encode() + "caf\xe9\n".encode("latin-1"))
     cfg = load_pretrain_config(_write(tmp_path, _pretrain_raw("byte", 256, str(corpus))))
     with pytest.raises(DataError, match=r"latin1.txt: not valid UTF-8 at byte 2403"):
-        corpus_splits(cfg.data, cfg.seq_len, tmp_path)
+        prepare_tokens(cfg.data, cfg.seq_len, tmp_path)
     path = _write(tmp_path, _pretrain_raw("byte", 256, str(corpus)))
     assert main(["pretrain", str(path), "--runs-dir", str(tmp_path)]) == 2
 

@@ -15,15 +15,9 @@ from flax import nnx
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
-from param_decomp.data.text import (
-    bytes_per_token,
-    decode,
-    encode,
-    load_tokens,
-    sample_windows,
-    split_tokens,
-    val_windows,
-)
+from param_decomp.data.pipeline import fixed_windows
+from param_decomp.data.text import bytes_per_token, decode, encode
+from param_decomp.data.token_store import prepare_tokens
 from param_decomp.targets.pretrain import (
     build_llama,
     evaluate,
@@ -31,6 +25,7 @@ from param_decomp.targets.pretrain import (
     make_objective,
     pretrain,
 )
+from param_decomp.train.checkpoint import restore_data_state
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,22 +77,43 @@ def test_short_pretrain_learns_and_checkpoint_restores(tmp_path: Path) -> None:
     assert (run / "config.yaml").is_file()
 
     restored = load_pretrained(cfg, tmp_path)  # checkpoint exists: restores, no retraining
-    x = jnp.asarray(load_tokens(cfg.data.corpus)[:64].reshape(2, 32))
+    x = jnp.asarray(encode(Path(cfg.data.corpus).read_text())[:64].reshape(2, 32))
     np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))
 
 
-def test_val_bits_per_byte_is_total_ce_over_bytes() -> None:
+def test_pretrain_in_bf16_learns_like_fp32_with_fp32_masters(tmp_path: Path) -> None:
+    """S15.2 through `param-decomp pretrain`: bf16 compute learns as fp32 does; the saved
+    model (the master weights) is float32; the checkpoint holds the pipeline position."""
+    raw = _raw(run_name="llama_bf16")
+    raw["train"] = {**raw["train"], "steps": 60, "eval_every": 60, "compute_dtype": "bfloat16"}
+    model = pretrain(load_pretrain_config(_write(tmp_path, raw)), tmp_path, log=False)
+    raw32 = {**raw, "run_name": "llama_fp32", "train": {**raw["train"], "compute_dtype": "float32"}}
+    pretrain(load_pretrain_config(_write(tmp_path, raw32)), tmp_path, log=False)
+
+    def last_val(name: str) -> float:
+        lines = (tmp_path / "targets" / name / "metrics.jsonl").read_text().splitlines()
+        return json.loads(lines[-1])["val/loss"]
+
+    assert last_val("llama_bf16") < math.log(256) - 1.5
+    assert abs(last_val("llama_bf16") - last_val("llama_fp32")) < 0.1
+    leaves = jax.tree.leaves(nnx.state(model))
+    assert leaves and all(leaf.dtype == jnp.float32 for leaf in leaves)
+    state = restore_data_state(tmp_path / "targets" / "llama_bf16" / "checkpoint")
+    assert state is not None and state["next_index"] == 60
+
+
+def test_val_bits_per_byte_is_total_ce_over_bytes(tmp_path: Path) -> None:
     cfg = PretrainConfig.model_validate(_raw())
     model = build_llama(cfg)
-    _, val = split_tokens(load_tokens(cfg.data.corpus), 0.1, 32)
-    windows = jnp.asarray(val_windows(val, 32, 8))
+    store = prepare_tokens(cfg.data, 32, tmp_path)
+    windows = jnp.asarray(fixed_windows(store.val, 32, 8))
     metrics = evaluate(model, windows, bytes_per_token("byte"))
 
     logits = np.asarray(model(windows[:, :-1]), np.float64)
     targets = np.asarray(windows[:, 1:])
     logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
     ce = logz - np.take_along_axis(logits, targets[..., None], -1)[..., 0]
-    n_bytes = sum(len(bytes([t])) for t in targets.ravel())  # byte tokenizer: 1 byte each
+    n_bytes = int(np.sum(targets != 0))  # byte tokenizer: 1 byte each, EOD (id 0) none
     assert float(metrics["val/bits_per_byte"]) == pytest.approx(
         ce.sum() / math.log(2) / n_bytes, rel=1e-5
     )
@@ -175,15 +191,6 @@ def test_unknown_key_and_missing_corpus_are_config_errors(tmp_path: Path) -> Non
     raw = _raw(objective={"kind": "focal", "gama": 1.0})
     with pytest.raises(ConfigError, match="Did you mean 'gamma'"):
         load_pretrain_config(_write(tmp_path, raw))
-
-
-def test_batches_are_a_pure_function_of_seed_and_step() -> None:
-    tokens = jnp.arange(1000, dtype=jnp.int32)
-    a = sample_windows(tokens, 3, 7, 4, 16)
-    assert a.shape == (4, 17)
-    np.testing.assert_array_equal(a, sample_windows(tokens, 3, 7, 4, 16))
-    assert not np.array_equal(a, sample_windows(tokens, 3, 8, 4, 16))
-    np.testing.assert_array_equal(np.diff(np.asarray(a), axis=1), 1)  # contiguous windows
 
 
 def test_byte_tokenizer_round_trips() -> None:

@@ -1,0 +1,56 @@
+"""The pretrained LMs' compute dtype: bf16 compute with fp32 master weights and reductions (S15).
+
+`lm_logits` is the one place the switch lives. With "float32" it is exactly the plain forward
+`nnx.merge(graphdef, params)(tokens)`. With "bfloat16" it casts the floating parameters to bf16
+inside the function (so, under `jax.grad`, the cast's transpose hands float32 gradients back to
+the float32 masters, and the optimizer state stays float32) and runs the model on them. The model
+code keeps the sensitive parts in float32 whatever its input dtype: the norm statistics
+(`rms_norm`, `layer_norm`), the attention scores and softmax (`causal_attention`), and the head's
+accumulation, soft-cap and logits (`TokenLM.head`). The logits come back float32, so every loss,
+log-softmax and reduction on them is float32.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, TypeVar, get_args
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jaxtyping import Array, Float, Int, PyTree
+
+ComputeDtype = Literal["float32", "bfloat16"]
+COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
+
+T = TypeVar("T", bound=PyTree)
+
+
+def cast_floating(tree: T, dtype: jnp.dtype) -> T:
+    """`tree` with every floating-point array cast to `dtype`; integer and bool leaves as is."""
+
+    def cast(leaf: Array) -> Array:
+        return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def lm_logits(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    tokens: Int[Array, "b t"],
+    compute_dtype: ComputeDtype = "float32",
+) -> Float[Array, "b t v"]:
+    """Float32 logits of the LM `nnx.merge(graphdef, params)` on `tokens`, computed in
+    `compute_dtype` (S15).
+
+    "float32": the plain forward, bit for bit (S15.1). "bfloat16": the floating params are cast
+    to bf16 here, inside whatever function is differentiated, so the masters and their
+    gradients stay float32 (S15.2); matmuls and the residual stream run in bf16, while the norm
+    statistics, the attention softmax, the soft-cap and the logits are float32 (S15.3).
+    """
+    if compute_dtype == "float32":
+        return nnx.merge(graphdef, params)(tokens)
+    if compute_dtype != "bfloat16":
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    model = nnx.merge(graphdef, cast_floating(params, jnp.bfloat16))
+    return model(tokens).astype(jnp.float32)
