@@ -18,6 +18,16 @@ def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--process-id", type=int, help="this process's index (or JAX_PROCESS_ID)")
 
 
+def _add_run_folder_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--resume", action="store_true", help="continue the run from its latest checkpoint"
+    )
+    group.add_argument(
+        "--overwrite", action="store_true", help="replace a run folder that has checkpoints"
+    )
+
+
 def _init_distributed(args: argparse.Namespace) -> None:
     """Join the multi-process mesh before anything touches devices."""
     coordinator = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
@@ -41,12 +51,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("config", help="target YAML, e.g. configs/targets/tms_5-2.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    _add_run_folder_args(p)
 
     p = sub.add_parser(
         "pretrain", help="pretrain a Llama target on text and cache it under runs/targets/"
     )
     p.add_argument("config", help="pretrain YAML, e.g. configs/targets/llama_tiny.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    _add_run_folder_args(p)
 
     p = sub.add_parser(
         "decompose", help="decompose a target's weights (trains the target if missing)"
@@ -54,7 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="decomposition YAML, e.g. configs/tms_5-2.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
     p.add_argument("--steps", type=int, help="override train.steps (quick looks)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar or table")
+    p.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (the summary still prints)"
+    )
+    _add_run_folder_args(p)
     _add_distributed_args(p)
 
     p = sub.add_parser(
@@ -67,31 +82,35 @@ def build_parser() -> argparse.ArgumentParser:
 def _run(args: argparse.Namespace) -> int:
     from param_decomp.config.loading import load_decompose_config, load_target_config
 
+    folder = {
+        "resume": getattr(args, "resume", False),
+        "overwrite": getattr(args, "overwrite", False),
+    }
     if args.command == "train-target":
         from param_decomp.targets.training import train_target
 
-        train_target(load_target_config(args.config), Path(args.runs_dir))
+        cfg = load_target_config(args.config)
+        train_target(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "pretrain":
         from param_decomp.config.pretrain_schema import load_pretrain_config
         from param_decomp.targets.pretrain import pretrain
 
-        pretrain(load_pretrain_config(args.config), Path(args.runs_dir))
+        cfg = load_pretrain_config(args.config)
+        pretrain(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "decompose":
         _init_distributed(args)
-        from param_decomp.train.loop import NonFiniteLossError, run_decompose
+        from param_decomp.train.loop import run_decompose
 
         cfg = load_decompose_config(args.config)
         if args.steps is not None:
             cfg = cfg.model_copy(
                 update={"train": cfg.train.model_copy(update={"steps": args.steps})}
             )
-        try:
-            run_decompose(cfg, args.config, Path(args.runs_dir), show_progress=not args.no_progress)
-        except NonFiniteLossError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+        run_decompose(
+            cfg, args.config, Path(args.runs_dir), show_progress=not args.no_progress, **folder
+        )
         return 0
     if args.command == "check-goldens":
         from param_decomp.goldens.runner import check_goldens_dir
@@ -101,18 +120,38 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every expected failure is one message and a documented exit code
+    (README: Reliability), never a traceback."""
     from param_decomp.config.errors import ConfigError
     from param_decomp.data.tokenizers import DataError
+    from param_decomp.train.checkpoint import CheckpointError
+    from param_decomp.train.run_dir import RunDirError
+    from param_decomp.train.run_loop import (
+        EXIT_NONFINITE,
+        EXIT_PREEMPTED,
+        EXIT_USAGE,
+        NonFiniteLossError,
+        Preempted,
+    )
 
     args = build_parser().parse_args(argv)
     try:
         return _run(args)
     except ConfigError as err:
         print(str(err), file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except DataError as err:  # bad corpus or tokenizer file: name it, no traceback
         print(f"data error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
+    except (RunDirError, CheckpointError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except NonFiniteLossError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_NONFINITE
+    except Preempted as err:
+        print(str(err), file=sys.stderr)
+        return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

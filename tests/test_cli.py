@@ -54,7 +54,7 @@ def test_decompose_writes_run_folder_table_and_figures(tmp_path: Path) -> None:
         "20",
         "40",
     ]
-    assert (tmp_path / "targets" / "tms_tiny_target" / "checkpoint").is_dir()
+    assert (tmp_path / "targets" / "tms_tiny_target" / "checkpoints").is_dir()
     summary = json.loads((run / "eval.json").read_text())
     assert set(summary["alive"]) == {"linear1", "linear2"}
 

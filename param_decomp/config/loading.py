@@ -2,24 +2,83 @@
 
 All checks that can fail on the config alone (schema, loss list, target file, mesh vs. device
 count) run here, before anything is built or compiled.
+
+SPEC S11.3: whatever the file holds (binary junk, invalid UTF-8, YAML bombs, deep nesting, huge
+numbers, `.inf`), a loader returns a validated config or raises ConfigError naming the file,
+never another exception, and writes nothing to disk.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import stat
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydantic
 import yaml
 from pydantic import BaseModel
 
-from param_decomp.config.errors import ConfigError, format_validation_error
+from param_decomp.config.errors import ConfigError, format_path, format_validation_error
 from param_decomp.config.schema import DecomposeConfig, Mesh, TargetConfig
+
+# Limits on what a config file may hold; real configs are a few KB, four levels deep.
+MAX_FILE_BYTES = 4 * 1024 * 1024
+MAX_DEPTH = 50
+MAX_VALUES = 100_000  # after expanding YAML aliases (`*name`): stops "billion laughs" files
+MAX_INT_BITS = 3322  # about 1000 decimal digits; 10**100 is fine
+
+# Exceptions PyYAML's constructors raise on a malformed scalar instead of a YAMLError:
+# `2020-13-45` (a timestamp, ValueError), `!!bool maybe` (KeyError), `!!timestamp x`
+# (AttributeError), `!!int 1e5` (ValueError), an int past Python's digit limit (ValueError).
+_CONSTRUCT_ERRORS = (ValueError, KeyError, AttributeError, TypeError, OverflowError, IndexError)
+
+# What asking whether a path named in a config is a file can raise instead of answering: a name
+# too long (OSError ENAMETOOLONG), a folder that may not be entered (PermissionError), `~user` of
+# an unknown user (RuntimeError from Path.expanduser).
+PATH_CHECK_ERRORS = (OSError, RuntimeError)
+
+UNEXPECTED_ERROR = "unexpected error while checking this config (a param-decomp bug; please report)"
+
+
+def short_repr(value: Any, limit: int = 60) -> str:
+    """repr cut to `limit` characters (never fails: a huge int's repr can raise ValueError)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def path_check_problem(value: str, err: BaseException) -> str:
+    """Message for a PATH_CHECK_ERRORS error raised while looking for the file `value`."""
+    reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+    return f"cannot look for file {short_repr(value)}: {reason}"
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys: YAML would silently keep only the last one."""
+    """SafeLoader that refuses duplicate keys: YAML would silently keep only the last one.
+
+    A scalar its constructor cannot convert becomes a ConstructorError with its line, like any
+    other YAML problem, instead of a bare ValueError / KeyError.
+    """
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep=deep)
+        except _CONSTRUCT_ERRORS as err:
+            kind = str(node.tag).rsplit(":", 1)[-1]
+            value = node.value if isinstance(node, yaml.ScalarNode) else f"<{node.id}>"
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"{short_repr(value, 40)} is not a valid {kind} ({type(err).__name__}: "
+                f"{str(err)[:80]}); quote it to make it a string",
+                node.start_mark,
+            ) from None
 
 
 def _construct_mapping(
@@ -60,22 +119,94 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return f"YAML syntax error: {problem}"
 
 
-def read_yaml(path: str | Path) -> dict:
-    """The file's top-level mapping; unreadable file, bad YAML or a non-mapping is a ConfigError."""
-    path = Path(path)
+def _read_text(path: Path) -> str:
+    """The file as text; a missing, special, huge, unreadable or non-UTF-8 file is a ConfigError.
+
+    Only a regular file is opened (a FIFO or device would block or never end).
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        info = path.stat()
+        if stat.S_ISDIR(info.st_mode):
+            raise ConfigError(path, [("", "is a folder, not a YAML file")])
+        if not stat.S_ISREG(info.st_mode):
+            raise ConfigError(path, [("", "cannot read file: not a regular file")])
+        if info.st_size > MAX_FILE_BYTES:
+            msg = f"cannot read file: {info.st_size} bytes; a config may hold {MAX_FILE_BYTES}"
+            raise ConfigError(path, [("", msg)])
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(path, [("", "file not found")]) from None
     except IsADirectoryError:
         raise ConfigError(path, [("", "is a folder, not a YAML file")]) from None
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:  # ValueError: a NUL byte in the path
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
         raise ConfigError(path, [("", f"cannot read file: {reason}")]) from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = raw[: err.start].count(b"\n") + 1
+        msg = f"cannot read file: not UTF-8 text (byte {raw[err.start]:#04x} on line {line})"
+        raise ConfigError(path, [("", msg)]) from None
+
+
+def _shape_problem(data: Any) -> tuple[str, str] | None:
+    """(key, message) when the parsed YAML is too deep, too big once aliases are expanded,
+    refers to itself (`&a [*a]`) or holds an integer too long to print; else None."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    class Bad(Exception):
+        def __init__(self, loc: tuple[Any, ...], msg: str) -> None:
+            self.loc, self.msg = loc, msg
+
+    def size(obj: Any, loc: tuple[Any, ...]) -> int:
+        if isinstance(obj, int) and not isinstance(obj, bool):
+            if obj.bit_length() > MAX_INT_BITS:
+                raise Bad(loc, "integer has more than 1000 digits")
+            return 1
+        if isinstance(obj, dict):
+            items: list[tuple[Any, Any]] = [(k, k) for k in obj] + list(obj.items())
+        elif isinstance(obj, list):
+            items = list(enumerate(obj))
+        else:
+            return 1
+        if len(loc) >= MAX_DEPTH:
+            raise Bad(loc, f"nested more than {MAX_DEPTH} levels deep")
+        if id(obj) in open_ids:
+            raise Bad(loc, "a YAML alias refers to a block that contains it")
+        if id(obj) not in sizes:
+            open_ids.add(id(obj))
+            total = 1
+            for seg, child in items:
+                child_loc = (*loc, seg if isinstance(seg, int | str) else short_repr(seg, 20))
+                total += size(child, child_loc)
+                if total > MAX_VALUES:
+                    raise Bad((), f"more than {MAX_VALUES} values once YAML aliases are expanded")
+            open_ids.discard(id(obj))
+            sizes[id(obj)] = total
+        return sizes[id(obj)]
+
+    try:
+        size(data, ())
+    except Bad as bad:
+        return format_path(bad.loc), bad.msg
+    return None
+
+
+def read_yaml(path: str | Path) -> dict:
+    """The file's top-level mapping; unreadable file, bad YAML or a non-mapping is a ConfigError."""
+    path = Path(path)
+    text = _read_text(path)
     try:
         data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise ConfigError(path, [("", _yaml_problem(err))]) from None
+    except RecursionError:
+        msg = f"YAML nested too deeply (a config may nest {MAX_DEPTH} levels)"
+        raise ConfigError(path, [("", msg)]) from None
+    problem = _shape_problem(data)
+    if problem is not None:
+        raise ConfigError(path, [problem])
     if data is None:
         raise ConfigError(path, [("", "file is empty; expected a mapping of `key: value` entries")])
     if not isinstance(data, dict):
@@ -84,6 +215,52 @@ def read_yaml(path: str | Path) -> dict:
             path, [("", f"top level must be a mapping of `key: value` entries, got a {kind}")]
         )
     return data
+
+
+# ----------------------------------------------------------------------------- boundary
+
+LoadedConfig = TypeVar("LoadedConfig")
+
+
+def config_boundary(
+    load: Callable[[str | Path], LoadedConfig],
+) -> Callable[[str | Path], LoadedConfig]:
+    """Last-resort guard of a public loader (S11.3): an exception the specific handlers missed
+    still ends as a ConfigError naming the file. The original is chained (`__cause__`) and the
+    message says it is a bug; tests/config/test_config_fuzz.py asserts it never fires."""
+
+    @functools.wraps(load)
+    def guarded(path: str | Path) -> LoadedConfig:
+        try:
+            return load(path)
+        except ConfigError:
+            raise
+        except Exception as err:  # noqa: BLE001 (last resort; the cause stays chained)
+            detail = f"{type(err).__name__}: {str(err)[:200]}"
+            raise ConfigError(path, [("", f"{UNEXPECTED_ERROR} ({detail})")]) from err
+
+    return guarded
+
+
+def _nonfinite_problems(obj: Any, loc: tuple[str | int, ...]) -> list[tuple[str, str]]:
+    """Every inf/nan float in a validated object (term dataclasses accept them by default)."""
+    if isinstance(obj, float):
+        return [] if math.isfinite(obj) else [(format_path(loc), f"must be finite, got {obj}")]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        children: list[tuple[str | int, Any]] = [
+            (f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
+        ]
+    elif isinstance(obj, BaseModel):
+        children = [(name, getattr(obj, name)) for name in type(obj).model_fields]
+    elif isinstance(obj, list | tuple):
+        children = list(enumerate(obj))
+    elif isinstance(obj, dict):
+        children = [(str(k), v) for k, v in obj.items()]
+    else:
+        return []
+    return [
+        problem for seg, child in children for problem in _nonfinite_problems(child, (*loc, seg))
+    ]
 
 
 # ----------------------------------------------------------------------------- targets
@@ -96,6 +273,7 @@ def _target_from_data(data: dict, path: str | Path) -> TargetConfig:
         raise ConfigError(path, format_validation_error(err, TargetConfig, data=data)) from None
 
 
+@config_boundary
 def load_target_config(path: str | Path) -> TargetConfig:
     """Validated `train-target` config."""
     return _target_from_data(read_yaml(path), path)
@@ -105,13 +283,37 @@ def load_target_config(path: str | Path) -> TargetConfig:
 
 
 def _resolve_target(target: str, config_path: Path) -> Path | None:
-    """The target YAML: relative to the working directory first, then to the config's folder."""
+    """The target YAML: relative to the working directory first, then to the config's folder.
+
+    Raises one of PATH_CHECK_ERRORS when a candidate cannot even be looked at.
+    """
     given = Path(target).expanduser()
     candidates = [given] if given.is_absolute() else [given, config_path.parent / given]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
     return None
+
+
+def _validate_terms(adapter: Any, raw_losses: list) -> tuple[list[Any], list[tuple[str, str]]]:
+    """(terms, problems) of the `losses:` list. A term validator that fails with an arithmetic
+    error (float() of a 400-digit int) is pinned to its entry by validating each one alone."""
+    try:
+        return adapter.validate_python(raw_losses), []
+    except pydantic.ValidationError as err:
+        return [], format_validation_error(err, adapter, prefix=("losses",), data=raw_losses)
+    except ArithmeticError:
+        pass
+    problems: list[tuple[str, str]] = []
+    for i, entry in enumerate(raw_losses):
+        try:
+            adapter.validate_python([entry])
+        except pydantic.ValidationError as err:
+            for key, msg in format_validation_error(err, adapter, data=[entry]):
+                problems.append((f"losses[{i}]" + key.removeprefix("[0]"), msg))
+        except ArithmeticError as err:
+            problems.append((f"losses[{i}]", f"a number is out of range ({err})"))
+    return [], problems or [("losses", "a number is out of range")]
 
 
 def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
@@ -128,35 +330,39 @@ def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
     terms: list[Any] = []
     raw_losses = data.get("losses")
     if isinstance(raw_losses, list) and raw_losses:
-        adapter = loss_list_adapter()
-        try:
-            terms = adapter.validate_python(raw_losses)
-        except pydantic.ValidationError as err:
-            problems += format_validation_error(err, adapter, prefix=("losses",), data=raw_losses)
+        terms, term_problems = _validate_terms(loss_list_adapter(), raw_losses)
+        problems += term_problems
+        problems += _nonfinite_problems(terms, ("losses",))
 
     target = data.get("target")
     resolved: Path | None = None
     if isinstance(target, str) and target:
-        resolved = _resolve_target(target, Path(path))
-        if resolved is None:
-            problems.append(
-                (
-                    "target",
-                    f"file {target!r} not found (looked in the working directory and "
-                    f"in {str(Path(path).parent) or '.'}/)",
+        try:
+            resolved = _resolve_target(target, Path(path))
+            if resolved is None:
+                folder = str(Path(path).parent) or "."
+                problems.append(
+                    (
+                        "target",
+                        f"file {short_repr(target, 200)} not found (looked in the working "
+                        f"directory and in {folder}/)",
+                    )
                 )
-            )
+        except PATH_CHECK_ERRORS as err:
+            problems.append(("target", path_check_problem(target, err)))
 
     if problems or cfg is None:
         raise ConfigError(path, problems or [("", "invalid config")])
     return cfg.model_copy(update={"losses": terms, "target": str(resolved)})
 
 
+@config_boundary
 def load_decompose_config(path: str | Path) -> DecomposeConfig:
     """Validated `decompose` config: `losses` holds term objects, `target` an existing path."""
     return _decompose_from_data(read_yaml(path), path)
 
 
+@config_boundary
 def load_any_config(path: str | Path) -> BaseModel:
     """A target config (has `model`; a `llama` model is pretrained, so it is a pretrain config)
     or a decompose config (has `decomposition`)."""

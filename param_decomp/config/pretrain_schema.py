@@ -14,8 +14,22 @@ import pydantic
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator, model_validator
 
 from param_decomp.config.errors import ConfigError, format_validation_error
-from param_decomp.config.loading import read_yaml
-from param_decomp.config.schema import LMModel, NonNegFloat, Optimizer, StrictModel
+from param_decomp.config.loading import (
+    PATH_CHECK_ERRORS,
+    config_boundary,
+    path_check_problem,
+    read_yaml,
+    short_repr,
+)
+from param_decomp.config.schema import (
+    Checkpointing,
+    LMModel,
+    Mesh,
+    NonNegFloat,
+    Optimizer,
+    RunName,
+    StrictModel,
+)
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
 
@@ -113,12 +127,14 @@ class PretrainTraining(StrictModel):
 class PretrainConfig(StrictModel):
     """`param-decomp pretrain` config; the trained model is cached in runs/targets/<run_name>."""
 
-    run_name: str = Field(min_length=1)
+    run_name: RunName
     seed: int = 0
     model: LMModel
     data: TextData = TextData()
     train: PretrainTraining
     objective: Objective = Objective()
+    checkpointing: Checkpointing = Checkpointing()
+    mesh: Mesh = Mesh()
 
     @property
     def seq_len(self) -> int:
@@ -155,6 +171,9 @@ def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
         vocab = tokenizer_vocab(tok)
     except DataError as err:
         return [("data.tokenizer.model", err.message + f" ({err.path})")]
+    except PATH_CHECK_ERRORS as err:  # e.g. a name too long, a folder we may not enter
+        model = tok.model if isinstance(tok, SentencePieceSpec) else str(tok)
+        return [("data.tokenizer.model", path_check_problem(str(model), err))]
     if cfg.model.vocab_size != vocab:
         name = tok if isinstance(tok, str) else f"sentencepiece {tok.model or tok.vocab_size}"
         msg = f"is {cfg.model.vocab_size}, but tokenizer {name!r} has {vocab} tokens"
@@ -162,6 +181,7 @@ def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
     return []
 
 
+@config_boundary
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
     """Validated pretrain config; every problem is a ConfigError naming the file and key."""
     data = read_yaml(path)
@@ -172,13 +192,17 @@ def load_pretrain_config(path: str | Path) -> PretrainConfig:
     problems = cross_block_problems(cfg)
     from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
 
-    if not corpus_path_exists(cfg.data.corpus):
-        problems.append(
-            (
-                "data.corpus",
-                f"file {cfg.data.corpus!r} not found (or name one of {list(CORPUS_NAMES)})",
+    try:
+        if not corpus_path_exists(cfg.data.corpus):
+            problems.append(
+                (
+                    "data.corpus",
+                    f"file {short_repr(cfg.data.corpus, 200)} not found "
+                    f"(or name one of {list(CORPUS_NAMES)})",
+                )
             )
-        )
+    except PATH_CHECK_ERRORS as err:
+        problems.append(("data.corpus", path_check_problem(cfg.data.corpus, err)))
     if problems:
         raise ConfigError(path, problems)
     return cfg

@@ -8,9 +8,11 @@ this file.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -24,11 +26,45 @@ from pydantic import (
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
+RUN_NAME_MAX_CHARS = 128
+_RUN_NAME_CHARS = re.compile(r"[A-Za-z0-9._-]")
+_RUN_NAME_RULE = (
+    f"a plain folder name: 1 to {RUN_NAME_MAX_CHARS} of the ASCII letters A-Z a-z, "
+    "digits 0-9, '-', '_' and '.', not '.' or '..'"
+)
+
+
+def _check_run_name(value: str) -> str:
+    """`run_name` becomes the folder `<runs-dir>/<run_name>` (or `<runs-dir>/targets/...`), so it
+    must be one plain path segment: no separator, no `..`, no absolute path, no control or NUL
+    character. Only ASCII letters, digits, `-`, `_` and `.` are allowed; non-ASCII letters are
+    refused on purpose (look-alike characters; file systems that normalize unicode differently
+    could map two spellings to one folder)."""
+    if not value:
+        raise ValueError(f"must not be empty; expected {_RUN_NAME_RULE}")
+    if len(value) > RUN_NAME_MAX_CHARS:
+        raise ValueError(f"has {len(value)} characters; expected {_RUN_NAME_RULE}")
+    bad = [c for c in dict.fromkeys(value) if not _RUN_NAME_CHARS.fullmatch(c)]
+    if bad:
+        shown = ", ".join(repr(c) for c in bad[:5])
+        raise ValueError(f"{value[:40]!r} holds {shown}; expected {_RUN_NAME_RULE}")
+    if set(value) == {"."}:
+        raise ValueError(f"{value!r} is not a folder name; expected {_RUN_NAME_RULE}")
+    return value
+
+
+RunName = Annotated[
+    str,
+    AfterValidator(_check_run_name),
+    Field(description="folder name of the run under --runs-dir (see _check_run_name)"),
+]
+
 
 class StrictModel(BaseModel):
-    """Base for every config block: unknown keys are errors, instances are immutable."""
+    """Base for every config block: unknown keys are errors, instances are immutable, and a float
+    must be finite (`.inf`, `.nan`, `1e400` are refused where a number is expected)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ----------------------------------------------------------------------------- data
@@ -159,11 +195,12 @@ class TargetTraining(StrictModel):
 class TargetConfig(StrictModel):
     """`param-decomp train-target` config: what to train and how; cached in runs/targets/."""
 
-    run_name: str = Field(min_length=1)
+    run_name: RunName
     seed: int = 0
     model: TargetModel
     data: SparseFeatureData
     train: TargetTraining
+    checkpointing: Checkpointing = Field(default_factory=lambda: Checkpointing())
 
 
 # ----------------------------------------------------------------------------- decomposition
@@ -244,7 +281,7 @@ class Checkpointing(StrictModel):
 class DecomposeConfig(StrictModel):
     """`param-decomp decompose` config."""
 
-    run_name: str = Field(min_length=1)
+    run_name: RunName
     seed: int = 0
     target: str = Field(min_length=1, description="path of the target's YAML config")
     decomposition: Decomposition

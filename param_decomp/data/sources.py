@@ -52,10 +52,6 @@ class SparseFeatureSource:
             for i in range(n)
         ]
 
-    def data_state(self) -> dict[str, Any] | None:
-        """None: a toy batch is drawn in jit from (seed, step), there is no pipeline state."""
-        return None
-
     def probe(self) -> Array | None:
         """Single-feature inputs: row i has only feature i on (the CI-vs-feature figure)."""
         return one_feature_inputs(self.n_features)
@@ -84,11 +80,11 @@ class TextSource:
             self._batches.set_state({**self._batches.get_state(), "next_index": step})
         return next(self._batches)
 
-    def data_state(self) -> dict[str, Any] | None:
-        """The pipeline position saved with a checkpoint."""
+    def get_state(self) -> dict[str, Any]:
+        """The pipeline position saved with a checkpoint (S12.6)."""
         return self._batches.get_state()
 
-    def restore_data_state(self, state: dict[str, Any]) -> None:
+    def set_state(self, state: dict[str, Any]) -> None:
         self._batches.set_state(state)
 
     def eval_batches(self, n: int, batch_size: int) -> list[Array]:

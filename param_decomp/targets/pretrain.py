@@ -1,37 +1,43 @@
 """Pretraining the Llama target on text (`param-decomp pretrain`), cached under runs/targets/.
 
-The checkpoint is the full `nnx.state(model)` at runs/targets/<run_name>/checkpoint, the same
-layout as the toy targets, so a decomposition can restore it like any other target. The loss is
+The run goes through the shared run loop (train/run_loop.py); its checkpoints at
+runs/targets/<run_name>/checkpoints/<step> hold the item `model` (the full `nnx.state`), the
+same layout as the toy targets, so a decomposition restores it like any other target. The loss is
 chosen by the config's `objective` block and built only from `param_decomp.losses.lm_objectives`,
 the same functions the decomposition's LM loss terms use.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
-import time
+import math
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import yaml
 from flax import nnx
 from jaxtyping import Array, Float, Int
 
+from param_decomp.config.errors import ConfigError
+from param_decomp.config.loading import resolve_mesh_shape
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
 from param_decomp.config.schema import GPT2Model
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.token_store import prepare_tokens
 from param_decomp.losses import lm_objectives as lm
+from param_decomp.sharding.mesh import build_mesh
+from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
 from param_decomp.targets.precision import lm_logits
-from param_decomp.train.checkpoint import latest_step, restore_module, save_module
+from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
+from param_decomp.train.run_dir import has_checkpoints, prepare_run_dir
+from param_decomp.train.run_loop import STOP, Job, run_job
+from param_decomp.train.step import moment_shardings
 
 RUNS_DIR = Path("runs")
 
@@ -82,86 +88,135 @@ def evaluate(
     }
 
 
-def pretrain(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> Llama | GPT2:
-    """Train from cfg.seed's init on the corpus's train windows (through the grain pipeline);
-    log metrics; save the checkpoint with the pipeline position."""
-    seq_len = cfg.seq_len
-    store = prepare_tokens(cfg.data, seq_len, Path(runs_dir))
-    val = jnp.asarray(fixed_windows(store.val, seq_len, cfg.data.max_val_windows))
-    bpt = jnp.asarray(store.tokenizer.bytes_per_token())
-    loss_of_logits = make_objective(cfg.objective, bpt)
-    batches = TextBatches(
-        store.train, seq_len, cfg.train.batch_size, cfg.seed + 1, prefetch=cfg.data.prefetch
-    )
-
-    model = build_llama(cfg)
-    graphdef, params = nnx.split(model)  # every variable of the LM is a trained Param
-    optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
-
-    def loss_fn(p: nnx.State, windows: Int[Array, "b t_plus_1"]) -> Float[Array, ""]:
-        logits = lm_logits(graphdef, p, windows[:, :-1], cfg.train.compute_dtype)
-        return loss_of_logits(logits, windows[:, 1:])
-
-    @jax.jit
-    def train_step(
-        state: tuple[nnx.State, optax.OptState], windows: Int[Array, "b t_plus_1"]
-    ) -> tuple[tuple[nnx.State, optax.OptState], Float[Array, ""]]:
-        p, opt = state
-        loss, grads = jax.value_and_grad(loss_fn)(p, windows)
-        updates, opt = optimizer.update(grads, opt, p)
-        return (optax.apply_updates(p, updates), opt), loss
-
-    eval_step = jax.jit(
-        lambda p, w: evaluate(
-            lambda tokens: lm_logits(graphdef, p, tokens, cfg.train.compute_dtype), w, bpt
+def _pretrain_mesh(
+    cfg: PretrainConfig, config_path: str, devices: list[jax.Device] | None
+) -> jax.sharding.Mesh:
+    """The configured mesh (S13.1 checks, before anything compiles): batch rows over
+    (data, fsdp); the LM's weights replicated, or over fsdp with `shard_target_weights`."""
+    devices = jax.devices() if devices is None else devices
+    shape = resolve_mesh_shape(cfg.mesh, len(devices))
+    problems: list[tuple[str, str]] = []
+    if math.prod(shape.values()) != len(devices):
+        sizes = " x ".join(f"{axis} {size}" for axis, size in shape.items())
+        problems.append(("mesh", f"{sizes} devices, but {len(devices)} are visible"))
+    if cfg.mesh.tensor != 1:
+        problems.append(("mesh.tensor", "pretraining shards over data and fsdp only; use 1"))
+    shards = shape["data"] * shape["fsdp"]
+    if cfg.train.batch_size % shards:
+        problems.append(
+            (
+                "train.batch_size",
+                f"{cfg.train.batch_size} is not divisible by data x fsdp = {shards}",
+            )
         )
-    )
+    if problems:
+        raise ConfigError(config_path, problems)
+    return build_mesh(cfg.mesh, devices)
 
+
+def pretrain(
+    cfg: PretrainConfig,
+    runs_dir: Path = RUNS_DIR,
+    log: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    config_path: str = "CONFIG",
+    devices: list[jax.Device] | None = None,
+) -> Llama | GPT2:
+    """Train from cfg.seed's init on the corpus's train windows (through the grain pipeline),
+    in the shared run loop: metrics, periodic checkpoints (items `model` and `training`, with
+    the pipeline position), resume and signals; the final step's `model` is the target."""
+    seq_len = cfg.seq_len
     out_dir = pretrain_dir(cfg, runs_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    command = f"param-decomp pretrain {config_path} --runs-dir {runs_dir}"
+    with STOP.installed():
+        mesh = _pretrain_mesh(cfg, config_path, devices)
+        prepare_run_dir(out_dir, cfg.model_dump(mode="json"), resume, overwrite, command)
+        store = prepare_tokens(cfg.data, seq_len, Path(runs_dir))
+        val_host = fixed_windows(store.val, seq_len, cfg.data.max_val_windows)
+        bpt = jnp.asarray(store.tokenizer.bytes_per_token())
+        loss_of_logits = make_objective(cfg.objective, bpt)
+        model = build_llama(cfg)
+        graphdef, params = nnx.split(model)  # every variable of the LM is a trained Param
+        optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
+        dtype = cfg.train.compute_dtype
+        plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
+        param_shardings = plan.target_shardings(params)
+        opt_abstract = jax.eval_shape(optimizer.init, params)
+        state_shardings = (param_shardings, moment_shardings(opt_abstract, param_shardings, plan))
+        batch_sharding = plan.batch(2)
+        params = jax.device_put(jax.tree.map(np.asarray, params), param_shardings)
+        opt_state = jax.jit(optimizer.init, out_shardings=state_shardings[1])(params)
+        val = jax.device_put(val_host, plan.replicated())
+        batches = TextBatches(
+            store.train,
+            seq_len,
+            cfg.train.batch_size,
+            cfg.seed + 1,
+            batch_sharding,
+            prefetch=cfg.data.prefetch,
+        )
+
+        def loss_fn(p: nnx.State, windows: Int[Array, "b t_plus_1"]) -> Float[Array, ""]:
+            logits = lm_logits(graphdef, p, windows[:, :-1], dtype)
+            return loss_of_logits(logits, windows[:, 1:])
+
+        @partial(
+            jax.jit,
+            in_shardings=(state_shardings, batch_sharding),
+            out_shardings=(state_shardings, plan.replicated()),
+            donate_argnums=(0,),
+        )
+        def train_step(
+            state: tuple[nnx.State, optax.OptState], windows: Int[Array, "b t_plus_1"]
+        ) -> tuple[tuple[nnx.State, optax.OptState], dict[str, Float[Array, ""]]]:
+            p, opt = state
+            loss, grads = jax.value_and_grad(loss_fn)(p, windows)
+            updates, opt = optimizer.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt), {"train/loss": loss}
+
+        eval_step = jax.jit(
+            lambda p, w: evaluate(lambda tokens: lm_logits(graphdef, p, tokens, dtype), w, bpt),
+            out_shardings=plan.replicated(),
+        )
+        job = Job(
+            name=f"pretrain {cfg.run_name}",
+            run_dir=out_dir,
+            config=cfg.model_dump(mode="json"),
+            resume_hint=f"{command} --resume",
+            steps=cfg.train.steps,
+            state=(params, opt_state),
+            step_fn=lambda state, step: train_step(state, next(batches)),
+            checkpoint_items=lambda state: {"model": state[0], "training": {"opt": state[1]}},
+            from_checkpoint=lambda _, items: (items["model"], items["training"]["opt"]),
+            log_every=cfg.train.log_every,
+            checkpoint_every=cfg.checkpointing.every or None,
+            keep=cfg.checkpointing.keep,
+            data=batches,
+            evaluate=lambda state: {k: float(v) for k, v in eval_step(state[0], val).items()},
+            eval_every=cfg.train.eval_every,
+            eval_at_start=True,
+            mean_over_window=True,
+            show_progress=log,
+            print_lines=True,
+        )
+        state, _ = run_job(job, resume)
+    return nnx.merge(graphdef, state[0])
+
+
+def load_pretrained(
+    cfg: PretrainConfig, runs_dir: Path = RUNS_DIR, config_path: str = "CONFIG"
+) -> Llama | GPT2:
+    """The cached pretrained model if its run finished, else pretrain it (continuing an
+    interrupted run from its latest checkpoint)."""
+    ckpt = pretrain_dir(cfg, runs_dir) / "checkpoints"
+    steps = has_checkpoints(pretrain_dir(cfg, runs_dir))
+    if cfg.train.steps in steps:
+        return restore_module(ckpt, build_llama(cfg), cfg.train.steps)
+    resume = bool(steps)
+    print(
+        f"pretrained model {cfg.run_name!r} is incomplete (steps {steps}); resuming it"
+        if resume
+        else f"no pretrained model at {ckpt}; pretraining it first"
     )
-    state = (params, optimizer.init(params))
-    steps = cfg.train.steps
-    t0 = time.perf_counter()
-    running: list[jax.Array] = []
-    with (out_dir / "metrics.jsonl").open("w") as metrics_file:
-
-        def record(step: int, values: dict[str, float]) -> None:
-            metrics_file.write(json.dumps({"step": step, **values}) + "\n")
-            metrics_file.flush()
-            if log:
-                shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items())
-                elapsed = time.perf_counter() - t0
-                print(f"pretrain {cfg.run_name} step {step:>6d}/{steps}  {shown}  ({elapsed:.1f}s)")
-
-        record(0, {k: float(v) for k, v in eval_step(state[0], val).items()})
-        for step in range(steps):
-            state, loss = train_step(state, next(batches))
-            running.append(loss)
-            done = step + 1
-            values: dict[str, float] = {}
-            if done % cfg.train.log_every == 0 or done == steps:
-                values["train/loss"] = float(np.mean(jax.device_get(running)))
-                running = []
-            if done % cfg.train.eval_every == 0 or done == steps:
-                values |= {k: float(v) for k, v in eval_step(state[0], val).items()}
-            if values:
-                record(done, values)
-
-    model = nnx.merge(graphdef, state[0])
-    ckpt = out_dir / "checkpoint"
-    if ckpt.exists():  # a rerun retrains from scratch and replaces the cached model
-        shutil.rmtree(ckpt)
-    save_module(ckpt, steps, model, data_state=batches.get_state())
-    return model
-
-
-def load_pretrained(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Llama | GPT2:
-    """The cached pretrained model if its checkpoint exists, else pretrain it first."""
-    ckpt = pretrain_dir(cfg, runs_dir) / "checkpoint"
-    if latest_step(ckpt) is None:
-        print(f"no pretrained model at {ckpt}; pretraining it first")
-        return pretrain(cfg, runs_dir)
-    return restore_module(ckpt, build_llama(cfg))
+    return pretrain(cfg, runs_dir, resume=resume, config_path=config_path)

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-import json
+from functools import partial
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
-import yaml
 from flax import nnx
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.schema import GPT2Model, LlamaModel, TargetConfig
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.targets.build import build_target
-from param_decomp.train.checkpoint import latest_step, restore_module, save_module
+from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
+from param_decomp.train.run_dir import has_checkpoints, prepare_run_dir
+from param_decomp.train.run_loop import STOP, Job, run_job
 
 RUNS_DIR = Path("runs")
 
@@ -25,8 +27,16 @@ def target_dir(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> Path:
     return runs_dir / "targets" / cfg.run_name
 
 
-def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True) -> nnx.Module:
-    """Train with MSE against the target's labels on fresh sparse batches; save the weights."""
+def train_target(
+    cfg: TargetConfig,
+    runs_dir: Path = RUNS_DIR,
+    log: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+    config_path: str = "CONFIG",
+) -> nnx.Module:
+    """Train with MSE against the target's labels on fresh sparse batches (a pure function of
+    (seed, step)), in the shared run loop; the final step's item `model` is the target."""
     if isinstance(cfg.model, LlamaModel | GPT2Model):  # an LM learns from text, not features
         raise ConfigError(
             f"target {cfg.run_name!r}",
@@ -38,53 +48,76 @@ def train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR, log: bool = True)
                 )
             ],
         )
-    model = build_target(cfg)
-    graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
-    optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
-    opt_state = optimizer.init(params)
-    n_features = model.n_features
-
-    def loss_fn(p: nnx.State, x: jax.Array) -> jax.Array:
-        m = nnx.merge(graphdef, p, frozen)
-        return jnp.mean((m(x) - m.labels(x)) ** 2)
-
-    def body(carry: tuple, step: jax.Array) -> tuple:
-        p, opt = carry
-        x = sample_sparse_features(
-            jax.random.fold_in(key, step), cfg.train.batch_size, n_features, cfg.data
-        )
-        loss, grads = jax.value_and_grad(loss_fn)(p, x)
-        updates, opt = optimizer.update(grads, opt, p)
-        return (optax.apply_updates(p, updates), opt), loss
-
-    key = jax.random.key(cfg.seed + 1)
-    chunk = cfg.train.log_every
-    run_chunk = jax.jit(lambda carry, steps: jax.lax.scan(body, carry, steps))
     out_dir = target_dir(cfg, runs_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "config.yaml").write_text(
-        yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    command = f"param-decomp train-target {config_path} --runs-dir {runs_dir}"
+    with STOP.installed():
+        prepare_run_dir(out_dir, cfg.model_dump(mode="json"), resume, overwrite, command)
+        model = build_target(cfg)
+        graphdef, params, frozen = nnx.split(model, nnx.Param, ...)
+        optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
+        n_features, key = model.n_features, jax.random.key(cfg.seed + 1)
+
+        def loss_fn(p: nnx.State, x: jax.Array) -> jax.Array:
+            m = nnx.merge(graphdef, p, frozen)
+            return jnp.mean((m(x) - m.labels(x)) ** 2)
+
+        @partial(jax.jit, donate_argnums=(0,))
+        def train_step(
+            state: tuple[nnx.State, optax.OptState], step: jax.Array
+        ) -> tuple[tuple[nnx.State, optax.OptState], dict[str, jax.Array]]:
+            p, opt = state
+            x = sample_sparse_features(
+                jax.random.fold_in(key, step), cfg.train.batch_size, n_features, cfg.data
+            )
+            loss, grads = jax.value_and_grad(loss_fn)(p, x)
+            updates, opt = optimizer.update(grads, opt, p)
+            return (optax.apply_updates(p, updates), opt), {"train/loss": loss}
+
+        def items(state: tuple[nnx.State, optax.OptState]) -> dict[str, object]:
+            """Host copies: a toy target trains on one device of each process (identically
+            on every process), so its arrays are not global arrays orbax could write."""
+            full = nnx.state(nnx.merge(graphdef, state[0], frozen))
+            return jax.tree.map(np.asarray, {"model": full, "training": {"opt": state[1]}})
+
+        full_graphdef = nnx.graphdef(model)
+
+        def from_items(_: object, restored: dict) -> tuple[nnx.State, optax.OptState]:
+            """Params back out of the saved full model state (frozen parts are rebuilt)."""
+            _, p, _ = nnx.split(nnx.merge(full_graphdef, restored["model"]), nnx.Param, ...)
+            return p, restored["training"]["opt"]
+
+        job = Job(
+            name=f"target {cfg.run_name}",
+            run_dir=out_dir,
+            config=cfg.model_dump(mode="json"),
+            resume_hint=f"{command} --resume",
+            steps=cfg.train.steps,
+            state=(params, optimizer.init(params)),
+            step_fn=lambda state, step: train_step(state, jnp.asarray(step, jnp.int32)),
+            checkpoint_items=items,
+            from_checkpoint=from_items,
+            log_every=cfg.train.log_every,
+            checkpoint_every=cfg.checkpointing.every or None,
+            keep=cfg.checkpointing.keep,
+            show_progress=log,
+            print_lines=True,
+        )
+        state, _ = run_job(job, resume)
+    return nnx.merge(graphdef, state[0], frozen)
+
+
+def load_or_train_target(
+    cfg: TargetConfig, runs_dir: Path = RUNS_DIR, config_path: str = "CONFIG"
+) -> nnx.Module:
+    """The cached target if its run finished, else train it first (continuing an
+    interrupted run from its latest checkpoint)."""
+    run = target_dir(cfg, runs_dir)
+    steps = has_checkpoints(run)
+    if cfg.train.steps in steps:
+        return restore_module(run / "checkpoints", build_target(cfg), cfg.train.steps)
+    print(
+        f"target {cfg.run_name!r} is incomplete (steps {steps}); resuming it"
+        if steps
+        else f"no trained target at {run}; training it first"
     )
-    carry = (params, opt_state)
-    with (out_dir / "metrics.jsonl").open("w") as metrics_file:
-        for start in range(0, cfg.train.steps, chunk):
-            steps = jnp.arange(start, min(start + chunk, cfg.train.steps))
-            carry, losses = run_chunk(carry, steps)
-            record = {"step": int(steps[-1]) + 1, "train/loss": float(losses[-1])}
-            metrics_file.write(json.dumps(record) + "\n")
-            if log:
-                step, loss = record["step"], record["train/loss"]
-                print(f"target {cfg.run_name} step {step:>6d} loss {loss:.3e}")
-    params = carry[0]
-    trained = nnx.merge(graphdef, params, frozen)
-    save_module(out_dir / "checkpoint", cfg.train.steps, trained)
-    return trained
-
-
-def load_or_train_target(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> nnx.Module:
-    """The cached target if its checkpoint exists, else train it first (and cache it)."""
-    ckpt = target_dir(cfg, runs_dir) / "checkpoint"
-    if latest_step(ckpt) is None:
-        print(f"no trained target at {ckpt}; training it first")
-        return train_target(cfg, runs_dir)
-    return restore_module(ckpt, build_target(cfg))
+    return train_target(cfg, runs_dir, resume=bool(steps), config_path=config_path)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,10 +10,8 @@ from typing import Any
 
 import jax
 import numpy as np
-import yaml
 from flax import nnx
 from jax.experimental import multihost_utils
-from tqdm import tqdm
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import check_mesh, load_any_config
@@ -26,19 +23,22 @@ from param_decomp.eval.decomposition_eval import evaluate_decomposition
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
 from param_decomp.objective import Objective
+from param_decomp.sharding.memory_fit import check_fits
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.pretrain import load_pretrained
 from param_decomp.targets.training import RUNS_DIR, load_or_train_target
-from param_decomp.train.checkpoint import save_pytree
 from param_decomp.train.optimizer import make_optimizer
+from param_decomp.train.run_dir import prepare_run_dir
+from param_decomp.train.run_loop import (
+    STOP,
+    Job,
+    is_main_process,
+    run_job,
+)
 from param_decomp.train.step import DecompState, make_faithfulness_warmup, place_and_jit
 
 PROGRESS_KEYS = ("train/loss/total", "train/loss/faithfulness", "train/loss/stochastic_recon")
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
 
 
 def to_host(tree: Any) -> Any:
@@ -46,10 +46,6 @@ def to_host(tree: Any) -> Any:
     if jax.process_count() > 1:
         tree = multihost_utils.process_allgather(tree, tiled=True)
     return jax.tree.map(np.asarray, jax.device_get(tree))
-
-
-def is_main_process() -> bool:
-    return jax.process_index() == 0
 
 
 def _check_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: str) -> None:
@@ -64,15 +60,6 @@ def _check_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: str
                 )
             ],
         )
-
-
-def _as_floats(metrics: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items()}
-
-
-def _first_bad_term(metrics: dict[str, Any]) -> str:
-    bad = [k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v)))]
-    return ", ".join(bad) if bad else "unknown term"
 
 
 @dataclass
@@ -92,15 +79,21 @@ class Session:
 
 
 def build_session(
-    cfg: DecomposeConfig, config_path: str, runs_dir: Path = RUNS_DIR, show_progress: bool = True
+    cfg: DecomposeConfig,
+    config_path: str,
+    runs_dir: Path = RUNS_DIR,
+    show_progress: bool = True,
+    warm_up: bool = True,
 ) -> Session:
-    """Load/train the target, check sites and mesh, place arrays, warm up, jit the step."""
+    """Load/train the target, check sites and mesh, place arrays, warm up (unless resuming:
+    the checkpoint replaces the warmed-up params), jit the step."""
     check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
     target_cfg = load_any_config(cfg.target)
+    check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
     if isinstance(target_cfg, PretrainConfig):
-        target = load_pretrained(target_cfg, runs_dir)
+        target = load_pretrained(target_cfg, runs_dir, cfg.target)
     elif isinstance(target_cfg, TargetConfig):
-        target = load_or_train_target(target_cfg, runs_dir)
+        target = load_or_train_target(target_cfg, runs_dir, cfg.target)
     else:
         raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
     weights = target.site_weights()
@@ -118,7 +111,7 @@ def build_session(
     warm = cfg.train.faithfulness_warmup
     warmup = (
         make_faithfulness_warmup(graphdef, target_graphdef, warm.lr, warm.weight_decay, warm.steps)
-        if warm.steps > 0
+        if warm.steps > 0 and warm_up
         else None
     )
     compiled = place_and_jit(
@@ -162,64 +155,73 @@ def build_session(
     )
 
 
-def run_decompose(
-    cfg: DecomposeConfig, config_path: str, runs_dir: Path = RUNS_DIR, show_progress: bool = True
-) -> dict[str, Any]:
-    """Train a decomposition as configured; returns the evaluation dict (also written to disk)."""
-    session = build_session(cfg, config_path, runs_dir, show_progress)
-    run_dir, steps, state = session.run_dir, cfg.train.steps, session.state
-    if is_main_process():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(
-            yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Job:
+    """The decomposition as a job of the run loop: per step the items `decomposition` (V/U
+    and CI-function params, what analysis loads) and `training` (optimizer state, step, RNG
+    key, NaN marker), plus the pipeline position for LM targets (S11.4)."""
+    cfg = session.cfg
+
+    def step_fn(state: DecompState, step: int) -> tuple[DecompState, dict[str, jax.Array]]:
+        return session.train_step(state, session.target_state, session.source.train_batch(step))
+
+    def items(state: DecompState) -> dict[str, Any]:
+        training = {
+            "opt_state": state.opt_state,
+            "step": state.step,
+            "key": jax.random.key_data(state.key),
+            "first_nonfinite_step": state.first_nonfinite_step,
+        }
+        return {"decomposition": state.params, "training": training}
+
+    def from_items(template: DecompState, restored: dict[str, Any]) -> DecompState:
+        training = restored["training"]
+        return DecompState(
+            params=restored["decomposition"],
+            opt_state=training["opt_state"],
+            step=training["step"],
+            key=jax.random.wrap_key_data(training["key"], impl=jax.random.key_impl(template.key)),
+            first_nonfinite_step=training["first_nonfinite_step"],
         )
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_file = metrics_path.open("w") if is_main_process() else None
-    bar = tqdm(total=steps, disable=not (show_progress and is_main_process()), file=sys.stdout)
-    try:
-        in_flight: dict[str, jax.Array] | None = None
-        for step in range(steps):
-            state, metrics = session.train_step(
-                state, session.target_state, session.source.train_batch(step)
-            )
-            if in_flight is not None:
-                # At most one step queued: XLA:CPU's multi-device collectives can deadlock when
-                # many executions are queued (seen with jax 0.10.2); the cost is negligible.
-                jax.block_until_ready(in_flight)
-            in_flight = metrics
-            last = step == steps - 1
-            if (step + 1) % cfg.train.log_every == 0 or last:
-                host = jax.device_get(metrics)
-                bad_step = int(state.first_nonfinite_step)
-                if bad_step >= 0:
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {bad_step}: {_first_bad_term(host)} "
-                        f"(metrics at step {step}: {json.dumps(_as_floats(host))})"
-                    )
-                record = {"step": step + 1, **_as_floats(host)}
-                if metrics_file is not None:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
-                bar.set_postfix(
-                    {k.split("/")[-1]: f"{record[k]:.2e}" for k in PROGRESS_KEYS if k in record}
-                )
-                bar.update(step + 1 - bar.n)
-            every = cfg.checkpointing.every
-            if every and (step + 1) % every == 0 and not last:
-                save_pytree(
-                    run_dir / "checkpoints",
-                    step + 1,
-                    state,
-                    cfg.checkpointing.keep,
-                    session.source.data_state(),
-                )
-    finally:
-        bar.close()
-        if metrics_file is not None:
-            metrics_file.close()
-    save_pytree(
-        run_dir / "checkpoints", steps, state, cfg.checkpointing.keep, session.source.data_state()
+
+    return Job(
+        name=f"decompose {cfg.run_name}",
+        run_dir=session.run_dir,
+        config=cfg.model_dump(mode="json"),
+        resume_hint=resume_hint,
+        steps=cfg.train.steps,
+        state=session.state,
+        step_fn=step_fn,
+        checkpoint_items=items,
+        from_checkpoint=from_items,
+        log_every=cfg.train.log_every,
+        checkpoint_every=cfg.checkpointing.every or None,
+        keep=cfg.checkpointing.keep,
+        data=session.source if isinstance(session.source, TextSource) else None,
+        progress_keys=PROGRESS_KEYS,
+        show_progress=show_progress,
     )
+
+
+def run_decompose(
+    cfg: DecomposeConfig,
+    config_path: str,
+    runs_dir: Path = RUNS_DIR,
+    show_progress: bool = True,
+    resume: bool = False,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a decomposition as configured (or continue it from its latest checkpoint);
+    returns the evaluation dict (also written to disk)."""
+    command = f"param-decomp decompose {config_path} --runs-dir {runs_dir}"
+    # S13.4: a config that cannot fit is refused before its run folder is touched
+    check_fits(cfg, load_any_config(cfg.target), config_path, jax.device_count())
+    with STOP.installed():
+        prepare_run_dir(
+            Path(runs_dir) / cfg.run_name, cfg.model_dump(mode="json"), resume, overwrite, command
+        )
+        session = build_session(cfg, config_path, runs_dir, show_progress, warm_up=not resume)
+        job = decompose_job(session, f"{command} --resume", show_progress)
+        state, _ = run_job(job, resume)
     return finish_run(
         cfg,
         session.objective,
@@ -228,7 +230,7 @@ def run_decompose(
         session.target_graphdef,
         session.target_state,
         session.source,
-        run_dir,
+        session.run_dir,
         show_progress,
     )
 
@@ -260,8 +262,7 @@ def finish_run(
     table = format_summary_table(rows)
     result["summary_table"] = table
     if is_main_process():
-        if show_progress:
-            print(table)
+        print(table)  # --no-progress hides only the progress bar
         summary = {
             "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
             "losses": result["losses"],

@@ -21,7 +21,7 @@ def test_lm_decomposition_runs_from_config(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.chdir(REPO)
     cfg = load_decompose_config(REPO / "tests" / "fixtures" / "llama_micro.yaml")
     result = run_decompose(cfg, "llama_micro.yaml", tmp_path, show_progress=False)
-    assert (tmp_path / "targets" / "llama_micro" / "checkpoint").is_dir()  # pretrained first
+    assert (tmp_path / "targets" / "llama_micro" / "checkpoints").is_dir()  # pretrained first
     assert set(result["alive"]) == {"layers.0.mlp.up", "layers.0.mlp.down", "layers.0.attn.v"}
     # probe = one val sequence: CI rows are its tokens
     assert result["one_hot_ci"]["layers.0.mlp.up"].shape == (16, 8)
@@ -57,4 +57,4 @@ def test_lm_source_batches_are_the_pipeline_batches(tmp_path: Path) -> None:
     for step in (0, 1, 2):
         np.testing.assert_array_equal(np.asarray(source.train_batch(step)), expected[step])
     np.testing.assert_array_equal(np.asarray(source.train_batch(4)), expected[4])
-    assert source.data_state()["next_index"] == 5
+    assert source.get_state()["next_index"] == 5

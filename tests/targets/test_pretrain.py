@@ -98,7 +98,7 @@ def test_pretrain_in_bf16_learns_like_fp32_with_fp32_masters(tmp_path: Path) -> 
     assert abs(last_val("llama_bf16") - last_val("llama_fp32")) < 0.1
     leaves = jax.tree.leaves(nnx.state(model))
     assert leaves and all(leaf.dtype == jnp.float32 for leaf in leaves)
-    state = restore_data_state(tmp_path / "targets" / "llama_bf16" / "checkpoint")
+    state = restore_data_state(tmp_path / "targets" / "llama_bf16" / "checkpoints")
     assert state is not None and state["next_index"] == 60
 
 
