@@ -16,6 +16,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray
 
+from param_decomp.decomposition.adversary import (
+    AdversarySpec,
+    adversary_forward,
+    draw_adversary,
+    live_groups,
+    sign_ascent,
+)
 from param_decomp.decomposition.masked_forward import (
     CleanRecord,
     clean_forward,
@@ -24,6 +31,7 @@ from param_decomp.decomposition.masked_forward import (
 )
 from param_decomp.decomposition.sources import ReconPlan, draw_plans_sources, live_sites
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
+from param_decomp.losses.distances import OUTPUT_DISTANCES
 from param_decomp.losses.importance import component_means
 
 PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
@@ -34,6 +42,12 @@ class Objective:
     terms: tuple[LossTerm, ...]
     psi_specs: tuple[PsiSpec, ...]
     plans: tuple[ReconPlan, ...]
+    adversaries: tuple[AdversarySpec, ...] = ()
+
+    @property
+    def persistent(self) -> AdversarySpec | None:
+        """The adversary whose sources live in the train state (at most one: S9.3, S6A.6)."""
+        return next((a for a in self.adversaries if a.persistent), None)
 
     @classmethod
     def from_terms(cls, terms: tuple[LossTerm, ...] | list[LossTerm]) -> Objective:
@@ -44,13 +58,22 @@ class Objective:
             raise ValueError(f"loss types listed more than once: {sorted(dupes)}")
         psi_specs = tuple(dict.fromkeys(t.needs().psi for t in terms if t.needs().psi is not None))
         plans = tuple(dict.fromkeys(t.needs().plan for t in terms if t.needs().plan is not None))
-        return cls(terms, psi_specs, plans)
+        adversaries = tuple(
+            dict.fromkeys(t.needs().adversary for t in terms if t.needs().adversary is not None)
+        )
+        if sum(a.persistent for a in adversaries) > 1:
+            raise ValueError("at most one persistent adversary per objective")
+        return cls(terms, psi_specs, plans, adversaries)
 
     def draw_sources(
         self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
     ) -> PlanSources:
-        """Every plan's sources from one draw (S6.5)."""
-        return draw_plans_sources(self.plans, key, batch_shape, sites, C)
+        """Every plan's sources from one draw (S6.5); each adversary's initial sources and
+        routing from its own fold of the key (S6A.2), so the plans' draw is unchanged."""
+        out: PlanSources = draw_plans_sources(self.plans, key, batch_shape, sites, C)
+        for i, spec in enumerate(self.adversaries):
+            out[spec] = draw_adversary(spec, jax.random.fold_in(key, i), batch_shape, sites, C)
+        return out
 
     def context_from_ci(
         self,
@@ -65,6 +88,7 @@ class Objective:
         sources: PlanSources,
         progress: Array,
         acts: dict[str, Array] | None = None,
+        adversary_sources: dict[str, Array] | None = None,
     ) -> StepContext:
         """The shared quantities downstream of the CI: per-component means and masked forwards.
 
@@ -95,10 +119,70 @@ class Objective:
                         row.append(target(x, site_fn))
                 outputs.append(row)
             ctx.recon_outputs[plan] = outputs
+        for spec in self.adversaries:
+            self._adversarial_forward(
+                ctx, spec, target, x, record, acts, sources[spec], adversary_sources
+            )
         return ctx
 
+    def _adversarial_forward(
+        self,
+        ctx: StepContext,
+        spec: AdversarySpec,
+        target: Any,
+        x: Array,
+        record: CleanRecord,
+        acts: dict[str, Array],
+        drawn: dict[str, Any],
+        persistent_sources: dict[str, Array] | None,
+    ) -> None:
+        """S6A: `spec.n_steps` sign ascents on the sources with every decomposition product
+        frozen, then ONE masked forward at the final sources that carries the gradient. A
+        fresh adversary's final sources are stop-gradient; a persistent one's pass its
+        gradient straight through the warm-up to the state's sources (S6A.5)."""
+        sites = tuple(ctx.VU)
+        C = ctx.ci_lower[sites[0]].shape[-1]
+        batch_shape = tuple(ctx.ci_lower[sites[0]].shape[:-1])
+        dist = OUTPUT_DISTANCES[spec.distance]
+        routed = drawn["routed"]
+        sg = jax.lax.stop_gradient
+        start = drawn["init"]
+        if spec.persistent and persistent_sources is not None:
+            start = persistent_sources
+        frozen_VU, frozen_ci, frozen_acts = sg((ctx.VU, ctx.ci_lower, acts))
+        outputs, finals = [], {}
+        for live in live_groups(spec, sites):
+
+            def adv_loss(src: dict[str, Array], live: tuple[str, ...] = live) -> Array:
+                fwd = adversary_forward(spec, src, routed, batch_shape, C)
+                site_fn = masked_site_fn(
+                    live, frozen_VU, frozen_ci, fwd, spec.delta, record, frozen_acts
+                )
+                return dist(target(x, site_fn), ctx.clean_output)
+
+            own = {s: start[s] for s in live}
+            with jax.named_scope("adversary_ascent"):
+                final = sign_ascent(adv_loss, sg(own), spec.n_steps, spec.step_size)
+            if spec.persistent:
+                used = jax.tree.map(lambda a, b: a + sg(b - a), own, final)
+            else:
+                used = sg(final)
+            fwd = adversary_forward(spec, used, routed, batch_shape, C)
+            site_fn = masked_site_fn(live, ctx.VU, ctx.ci_lower, fwd, spec.delta, record, acts)
+            with jax.named_scope("masked_forward"):
+                outputs.append(target(x, site_fn))
+            finals.update(sg(final))
+        ctx.adversarial_outputs[spec] = outputs
+        ctx.adversary_sources[spec] = finals
+
     def context(
-        self, target: Any, decomposition: Any, x: Array, sources: PlanSources, progress: Array
+        self,
+        target: Any,
+        decomposition: Any,
+        x: Array,
+        sources: PlanSources,
+        progress: Array,
+        adversary_sources: dict[str, Array] | None = None,
     ) -> StepContext:
         """Full fused pass from the batch: clean forward, x @ V once per site, CI, then
         `context_from_ci`."""
@@ -114,7 +198,18 @@ class Objective:
         with jax.named_scope("ci_function"):
             ci_lower, ci_upper = decomposition.causal_importances(record.inputs, VU, acts)
         return self.context_from_ci(
-            target, x, clean, record, weights, VU, ci_lower, ci_upper, sources, progress, acts
+            target,
+            x,
+            clean,
+            record,
+            weights,
+            VU,
+            ci_lower,
+            ci_upper,
+            sources,
+            progress,
+            acts,
+            adversary_sources,
         )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:

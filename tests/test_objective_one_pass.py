@@ -96,3 +96,51 @@ def test_s6_5_two_terms_naming_one_plan_share_its_forward() -> None:
     sources = objective.draw_sources(jax.random.key(0), (4,), model.site_names, model.C)
     objective.evaluate(objective.context(wrapped, model, jnp.ones((4, 5)), sources, jnp.zeros(())))
     assert counts["target_forward"] == 2
+
+
+def test_s6a_4_pgd_adds_exactly_its_ascents_and_one_forward(monkeypatch) -> None:  # noqa: ANN001
+    """A fresh PGD term with n_steps ascents adds n_steps + 1 masked forwards (n_steps of them
+    inside the ascent, differentiated w.r.t. the sources only); a persistent one with
+    n_warmup_steps adds n_warmup_steps + 1, and the gradient w.r.t. its sources comes out of the
+    step's one backward (no extra forward). Still one clean forward and one CI evaluation."""
+    from param_decomp.losses.adversarial import PersistentPGDRecon, PGDRecon
+
+    for terms, expected in (
+        ((StochasticRecon(coeff=1.0), PGDRecon(coeff=1.0, n_steps=3)), 1 + 1 + 3 + 1),
+        ((PGDRecon(coeff=1.0, n_steps=0),), 1 + 0 + 1),
+        # layerwise: an independent adversary per site (2 sites)
+        ((PGDRecon(coeff=1.0, n_steps=2, routing="each"),), 1 + 2 * (2 + 1)),
+        (
+            (
+                StochasticRecon(coeff=1.0),
+                PGDRecon(coeff=1.0, n_steps=2, routing="subset"),
+                PersistentPGDRecon(coeff=1.0, n_warmup_steps=2),
+            ),
+            1 + 1 + (2 + 1) + (2 + 1),
+        ),
+    ):
+        counts: Counter = Counter()
+        target, model, objective = _setup(terms)
+        real_ci = DecompositionModel.ci_pre_activations
+
+        def counting_ci(self, *a, _real=real_ci, _counts=counts, **k):  # noqa: ANN001, ANN002, ANN003
+            _counts["ci_function"] += 1
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(DecompositionModel, "ci_pre_activations", counting_ci)
+        wrapped = CountingTarget(target, counts)
+        x = jnp.ones((8, 5))
+        graphdef, params = nnx.split(model)
+        spec = objective.persistent
+        adv = {s: jnp.full((model.C + 1,), 0.5) for s in model.site_names} if spec else None
+
+        def loss(p: nnx.State, s, objective=objective, wrapped=wrapped, graphdef=graphdef, x=x):  # noqa: ANN001
+            m = nnx.merge(graphdef, p)
+            sources = objective.draw_sources(jax.random.key(0), (8,), m.site_names, m.C)
+            ctx = objective.context(wrapped, m, x, sources, jnp.zeros(()), s)
+            return objective.evaluate(ctx)[0]
+
+        jax.make_jaxpr(jax.grad(loss, argnums=(0, 1) if spec else 0))(params, adv)
+        assert counts["target_forward"] == expected, (terms, counts)
+        assert counts["ci_function"] == 1, counts
+        monkeypatch.setattr(DecompositionModel, "ci_pre_activations", real_ci)

@@ -252,6 +252,9 @@ class DecomposeTraining(StrictModel):
 
 class Eval(StrictModel):
     ci_alive_threshold: Annotated[float, Field(ge=0.0, lt=1.0)] = 0.1
+    every: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="fast-tier evaluation every N steps (S14.2); 0 = only at the end"
+    )
     n_batches: PositiveInt = 4
     batch_size: PositiveInt = 1024
     figures: bool = True

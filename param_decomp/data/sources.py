@@ -24,6 +24,8 @@ from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
 from param_decomp.data.token_store import CACHE_ROOT, prepare_tokens
 
+FIGURE_FEATURE_VALUE = 0.75
+
 
 @dataclass
 class SparseFeatureSource:
@@ -53,8 +55,19 @@ class SparseFeatureSource:
         ]
 
     def probe(self) -> Array | None:
-        """Single-feature inputs: row i has only feature i on (the CI-vs-feature figure)."""
+        """Single-feature inputs: row i has only feature i at 1 (alive counting, S14.1)."""
         return one_feature_inputs(self.n_features)
+
+    def figure_probe(self) -> tuple[Array, str, str]:
+        """(inputs, row label, title) of the CI figure: feature i alone at 0.75, inside the
+        training range; at 1.0, its edge, TMS 5-2's linear2 CI shows off-diagonal entries."""
+        value = FIGURE_FEATURE_VALUE
+        inputs = one_feature_inputs(self.n_features, value)
+        return (
+            inputs,
+            f"input: feature i alone, value {value}",
+            (f"Causal importance on single-feature inputs (value {value})"),
+        )
 
 
 @dataclass
@@ -96,6 +109,16 @@ class TextSource:
     def probe(self) -> Array | None:
         """The first val window: the CI figure shows components against its tokens."""
         return jnp.asarray(np.asarray(self.eval_batches(1, 1)[0]))
+
+    def figure_probe(self) -> tuple[Array, str, str]:
+        """(inputs, row label, title) of the CI figure: the tokens of one val sequence."""
+        window = self.probe()
+        assert window is not None
+        return (
+            window,
+            "position in a val sequence (one row per token)",
+            ("Causal importance per token of one val sequence"),
+        )
 
 
 BatchSource = SparseFeatureSource | TextSource

@@ -59,4 +59,14 @@ def evaluate_decomposition(
         for s, c in ci_fn(x).items():
             alive[s] = alive[s] | alive_components(np.asarray(c), threshold)
     VU = {s: tuple(np.asarray(a) for a in vu) for s, vu in model.all_VU().items()}
-    return {"alive": alive, "one_hot_ci": probe_ci, "losses": sums, "VU": VU}
+    figure_inputs, row_label, title = source.figure_probe()
+    figure_ci = {s: np.asarray(c).reshape(-1, c.shape[-1]) for s, c in ci_fn(figure_inputs).items()}
+    return {
+        "alive": alive,
+        "one_hot_ci": probe_ci,
+        "figure_ci": figure_ci,
+        "figure_rows": row_label,
+        "figure_title": title,
+        "losses": sums,
+        "VU": VU,
+    }

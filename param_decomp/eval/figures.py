@@ -50,8 +50,11 @@ def _axes_list(axes: object) -> list[plt.Axes]:
     return list(np.asarray(axes, dtype=object).ravel())
 
 
-def plot_causal_importance(ci_by_site: Mapping[str, np.ndarray], path: Path, title: str) -> None:
-    """Save one heatmap per site of the identity-permuted CI matrix (values in [0, 1])."""
+def plot_causal_importance(
+    ci_by_site: Mapping[str, np.ndarray], path: Path, title: str, row_label: str = "input feature"
+) -> None:
+    """Save one heatmap per site of the identity-permuted CI matrix (values in [0, 1]); the
+    y axis says what a row is (`row_label`)."""
     sites = list(ci_by_site)
     if not sites:
         raise ValueError("ci_by_site is empty")
@@ -64,7 +67,7 @@ def plot_causal_importance(ci_by_site: Mapping[str, np.ndarray], path: Path, tit
             )
             ax.set_title(site)
             ax.set_xlabel("component (permuted)")
-            ax.set_ylabel("input feature")
+            ax.set_ylabel(row_label)
             fig.colorbar(im, ax=ax)
         fig.suptitle(title)
         fig.tight_layout()
@@ -137,12 +140,14 @@ def write_figures(
     V_by_site: Mapping[str, np.ndarray],
     U_by_site: Mapping[str, np.ndarray],
     alive_by_site: Mapping[str, np.ndarray] | None,
+    ci_title: str = "Causal importance on one-hot inputs",
+    ci_row_label: str = "input feature",
 ) -> list[Path]:
     """Write the standard eval figures under ``run_dir/figures`` and return their paths."""
     fig_dir = Path(run_dir) / "figures"
     fig_dir.mkdir(parents=True, exist_ok=True)
     ci_path = fig_dir / "causal_importance.png"
     comp_path = fig_dir / "components.png"
-    plot_causal_importance(ci_by_site, ci_path, title="Causal importance on one-hot inputs")
+    plot_causal_importance(ci_by_site, ci_path, title=ci_title, row_label=ci_row_label)
     plot_components(V_by_site, U_by_site, comp_path, alive_by_site=alive_by_site)
     return [ci_path, comp_path]

@@ -16,6 +16,7 @@ from jaxtyping import Array, Float
 from pydantic import ConfigDict, PositiveFloat, PositiveInt
 from pydantic.dataclasses import dataclass as dataclass_validated
 
+from param_decomp.decomposition.adversary import AdversarySpec
 from param_decomp.decomposition.sources import ReconPlan, Routing, SourceKind
 
 TERM_CONFIG = ConfigDict(extra="forbid")
@@ -33,6 +34,7 @@ class PsiSpec(Protocol):
 class Needs:
     psi: PsiSpec | None = None
     plan: ReconPlan | None = None
+    adversary: AdversarySpec | None = None
 
 
 @dataclass
@@ -52,6 +54,10 @@ class StepContext:
     progress: Array
     component_means: dict[PsiSpec, dict[str, Float[Array, " C"]]] = field(default_factory=dict)
     recon_outputs: dict[ReconPlan, list[list[Array]]] = field(default_factory=dict)
+    # S6A: the masked outputs at each adversary's final sources (one per live group), and those
+    # sources (no gradient)
+    adversarial_outputs: dict[AdversarySpec, list[Array]] = field(default_factory=dict)
+    adversary_sources: dict[AdversarySpec, dict[str, Array]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -1,3 +1,9 @@
 """Imports every built-in term module so their `@register_term` decorators run."""
 
-from param_decomp.losses import faithfulness, importance, lm_terms, reconstruction  # noqa: F401
+from param_decomp.losses import (  # noqa: F401
+    adversarial,
+    faithfulness,
+    importance,
+    lm_terms,
+    reconstruction,
+)

@@ -20,6 +20,7 @@ from param_decomp.config.schema import DecomposeConfig, TargetConfig
 from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSource
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
+from param_decomp.eval.fast_tier import fast_tier
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
 from param_decomp.objective import Objective
@@ -171,7 +172,21 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
             "key": jax.random.key_data(state.key),
             "first_nonfinite_step": state.first_nonfinite_step,
         }
+        if state.adversary is not None:  # S6A.6: persistent PGD sources and their moments
+            training["adversary"] = state.adversary
         return {"decomposition": state.params, "training": training}
+
+    batches = session.source.eval_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    probe = session.source.probe()
+
+    def evaluate(state: DecompState) -> dict[str, float]:
+        """The fast tier (S14.2) on host copies, as `finish_run` evaluates: no mesh needed."""
+        params, target_state = jax.tree.map(
+            jax.numpy.asarray, to_host((state.params, session.target_state))
+        )
+        return fast_tier(
+            cfg, session.graphdef, params, session.target_graphdef, target_state, batches, probe
+        )
 
     def from_items(template: DecompState, restored: dict[str, Any]) -> DecompState:
         training = restored["training"]
@@ -181,6 +196,7 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
             step=training["step"],
             key=jax.random.wrap_key_data(training["key"], impl=jax.random.key_impl(template.key)),
             first_nonfinite_step=training["first_nonfinite_step"],
+            adversary=training.get("adversary"),
         )
 
     return Job(
@@ -197,6 +213,8 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
         checkpoint_every=cfg.checkpointing.every or None,
         keep=cfg.checkpointing.keep,
         data=session.source if isinstance(session.source, TextSource) else None,
+        evaluate=evaluate,
+        eval_every=cfg.eval.every or None,
         progress_keys=PROGRESS_KEYS,
         show_progress=show_progress,
     )
@@ -254,6 +272,10 @@ def finish_run(
     result = evaluate_decomposition(
         cfg, objective, graphdef, params, target_graphdef, target_state, source
     )
+    batches = source.eval_batches(cfg.eval.n_batches, cfg.eval.batch_size)
+    result["fast_tier"] = fast_tier(
+        cfg, graphdef, params, target_graphdef, target_state, batches, source.probe()
+    )
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():
         rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "value": ""})
@@ -266,11 +288,20 @@ def finish_run(
         summary = {
             "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
             "losses": result["losses"],
+            "fast_tier": result["fast_tier"],
             "steps": cfg.train.steps,
         }
         (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
         if cfg.eval.figures:
             V = {s: vu[0] for s, vu in result["VU"].items()}
             U = {s: vu[1] for s, vu in result["VU"].items()}
-            write_figures(run_dir, result["one_hot_ci"], V, U, result["alive"])
+            write_figures(
+                run_dir,
+                result["figure_ci"],
+                V,
+                U,
+                result["alive"],
+                ci_title=result["figure_title"],
+                ci_row_label=result["figure_rows"],
+            )
     return result

@@ -19,6 +19,7 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 from jaxtyping import Array
 
+from param_decomp.decomposition.adversary import adversary_update, init_adversary_state
 from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
 
@@ -32,13 +33,18 @@ class DecompState:
     step: Array
     key: Array
     first_nonfinite_step: Array  # -1 until a loss term turns NaN/inf (S11.1)
+    # S6A.6: the persistent adversary's {sources, opt_state}; None without a persistent term
+    adversary: Any = None
 
 
 StepFn = Callable[[DecompState, nnx.State, Array], tuple[DecompState, dict[str, Array]]]
 
 
 def init_state(
-    params: nnx.State, optimizer: optax.GradientTransformation, key: Array
+    params: nnx.State,
+    optimizer: optax.GradientTransformation,
+    key: Array,
+    adversary: dict[str, Any] | None = None,
 ) -> DecompState:
     return DecompState(
         params=params,
@@ -46,6 +52,7 @@ def init_state(
         step=jnp.zeros((), jnp.int32),
         key=key,
         first_nonfinite_step=jnp.full((), -1, jnp.int32),
+        adversary=adversary,
     )
 
 
@@ -60,11 +67,32 @@ def objective_loss(
     progress: Array,
 ) -> tuple[Array, dict[str, Array]]:
     """Total loss and metrics for one batch; the function the step differentiates."""
+    total, (metrics, _) = objective_loss_and_sources(
+        objective, graphdef, target_graphdef, params, target_state, batch, key, progress
+    )
+    return total, metrics
+
+
+def objective_loss_and_sources(
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    target_graphdef: nnx.GraphDef,
+    params: nnx.State,
+    target_state: nnx.State,
+    batch: Array,
+    key: Array,
+    progress: Array,
+    adversary_sources: dict[str, Array] | None = None,
+) -> tuple[Array, tuple[dict[str, Array], dict[str, Array] | None]]:
+    """`objective_loss` given the persistent adversary's sources; the aux also returns its
+    warmed-up sources (S6A.5), None without a persistent term."""
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
     sources = objective.draw_sources(key, target.batch_shape(batch), model.site_names, model.C)
-    ctx = objective.context(target, model, batch, sources, progress)
-    return objective.evaluate(ctx)
+    ctx = objective.context(target, model, batch, sources, progress, adversary_sources)
+    total, metrics = objective.evaluate(ctx)
+    spec = objective.persistent
+    return total, (metrics, ctx.adversary_sources[spec] if spec is not None else None)
 
 
 def make_train_step(
@@ -81,13 +109,29 @@ def make_train_step(
     ) -> tuple[DecompState, dict[str, Array]]:
         key = jax.random.fold_in(state.key, state.step)
         progress = state.step.astype(jnp.float32) / total_steps
-        grad_fn = jax.grad(
-            lambda p: objective_loss(
-                objective, graphdef, target_graphdef, p, target_state, batch, key, progress
-            ),
-            has_aux=True,
-        )
-        grads, metrics = grad_fn(state.params)
+        spec = objective.persistent
+        if spec is None:
+            grad_fn = jax.grad(
+                lambda p: objective_loss(
+                    objective, graphdef, target_graphdef, p, target_state, batch, key, progress
+                ),
+                has_aux=True,
+            )
+            grads, metrics = grad_fn(state.params)
+            adversary = state.adversary
+        else:
+            # S6A.5: ONE backward gives the params' gradient and the sources' (for the ascent)
+            grad_fn = jax.grad(
+                lambda p, s: objective_loss_and_sources(
+                    objective, graphdef, target_graphdef, p, target_state, batch, key, progress, s
+                ),
+                argnums=(0, 1),
+                has_aux=True,
+            )
+            (grads, source_grads), (metrics, warmed) = grad_fn(
+                state.params, state.adversary["sources"]
+            )
+            adversary = adversary_update(spec, state.adversary, warmed, source_grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in metrics.values()]))
@@ -96,7 +140,7 @@ def make_train_step(
         )
         metrics = dict(metrics)
         metrics["train/grad_norm"] = optax.tree.norm(grads)
-        new_state = DecompState(params, opt_state, state.step + 1, state.key, first_bad)
+        new_state = DecompState(params, opt_state, state.step + 1, state.key, first_bad, adversary)
         return new_state, metrics
 
     return train_step
@@ -188,15 +232,24 @@ def place_and_jit(
     if warmup is not None:
         warm = jax.jit(warmup, out_shardings=(param_shardings, plan.replicated()))
         params, _ = warm(params, target_state)
-    abstract = jax.eval_shape(lambda p: init_state(p, optimizer, key), params)
+    sites = tuple(nnx.merge(graphdef, params).site_names)
+
+    def init(p: nnx.State) -> DecompState:
+        return init_state(
+            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, C)
+        )
+
+    abstract = jax.eval_shape(init, params)
     state_shardings = DecompState(
         params=param_shardings,
         opt_state=moment_shardings(abstract.opt_state, param_shardings, plan),
         step=plan.replicated(),
         key=plan.replicated(),
         first_nonfinite_step=plan.replicated(),
+        # S6A.6: batch-shared sources (width C + 1) and their moments are small: replicated
+        adversary=jax.tree.map(lambda _: plan.replicated(), abstract.adversary),
     )
-    state = jax.jit(lambda p: init_state(p, optimizer, key), out_shardings=state_shardings)(params)
+    state = jax.jit(init, out_shardings=state_shardings)(params)
     batch_sharding = plan.batch(batch_ndim)
     train_step = jax.jit(
         make_train_step(objective, graphdef, target_graphdef, optimizer, total_steps),

@@ -108,3 +108,21 @@ def test_write_figures_creates_folder(tmp_path: Path) -> None:
     ]
     for p in paths:
         _assert_valid_png(p)
+
+
+def test_toy_ci_figure_probes_at_0_75_and_says_so(tmp_path: Path) -> None:
+    """Issue 11: single-feature inputs at 0.75 (inside the training range), named in the
+    title and on the y axis; alive counting keeps the value-1 probe (S14.1)."""
+    from param_decomp.config.schema import SparseFeatureData
+    from param_decomp.data.sources import SparseFeatureSource
+
+    data = SparseFeatureData(feature_probability=0.05)
+    source = SparseFeatureSource(data, n_features=5, batch_size=4, seed=0)
+    inputs, rows, title = source.figure_probe()
+    np.testing.assert_array_equal(np.asarray(inputs), 0.75 * np.eye(5, dtype=np.float32))
+    assert "0.75" in title and "0.75" in rows
+    np.testing.assert_array_equal(np.asarray(source.probe()), np.eye(5, dtype=np.float32))
+    ci = {"linear1": np.eye(5)}
+    path = tmp_path / "ci.png"
+    plot_causal_importance(ci, path, title=title, row_label=rows)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -122,6 +122,9 @@ def test_toy_decomposition_resumes_exactly_after_sigterm(tmp_path: Path) -> None
     config = _toy_config(tmp_path, steps=300)
     straight = _run("decompose", str(config), "--runs-dir", str(tmp_path / "a"), "--no-progress")
     assert straight.returncode == 0, straight.stderr[-3000:]
+    # --no-progress hides only the progress bar: the summary table still prints
+    assert "alive" in straight.stdout and "linear1" in straight.stdout
+    assert "it/s" not in straight.stdout + straight.stderr
     runs_b = tmp_path / "b"
     metrics_b = runs_b / "tms_tiny" / "metrics.jsonl"
     args = ["decompose", str(config), "--runs-dir", str(runs_b), "--no-progress"]
