@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from test_mesh_invariance import REL, _worst_rel, trajectory
 from trajectory_problem import MESHES, toy_problem
 
@@ -103,3 +104,54 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     assert len(lines) == 4  # written once (process 0), not once per process
     assert (run / "figures" / "causal_importance.png").is_file()
     assert json.loads((run / "eval.json").read_text())["alive"].keys() == {"linear1", "linear2"}
+
+
+def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> None:
+    """S11.6: a signal to process 0 only; both processes agree on the stop step, save one
+    collective checkpoint there and exit 75; `--resume` on both finishes the run."""
+    import signal
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    raw = yaml.safe_load((repo / "tests" / "fixtures" / "tms_tiny.yaml").read_text())
+    raw["target"] = str(repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
+    raw["train"].update(steps=100_000, log_every=1)
+    raw["checkpointing"] = {"every": 0, "keep": 2}
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    port = _free_port()
+
+    def command(pid: int, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "param_decomp.cli", "decompose", str(config),
+            "--runs-dir", str(tmp_path), "--no-progress", "--coordinator", f"127.0.0.1:{port}",
+            "--num-processes", "2", "--process-id", str(pid), *extra,
+        ]  # fmt: skip
+
+    procs = [
+        subprocess.Popen(
+            command(p), cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for p in range(2)
+    ]
+    metrics = tmp_path / "tms_tiny" / "metrics.jsonl"
+    deadline = time.monotonic() + TIMEOUT_S
+    try:
+        while not (metrics.is_file() and len(metrics.read_text().splitlines()) >= 5):
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline
+            time.sleep(0.05)
+        procs[0].send_signal(signal.SIGTERM)
+        outs = [p.communicate(timeout=TIMEOUT_S) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    errs = [o[1].decode() for o in outs]
+    assert [p.returncode for p in procs] == [75, 75], "\n---\n".join(errs)[-4000:]
+    stops = [int(e.split("stopped by signal after step ")[1].split(";")[0]) for e in errs]
+    assert stops[0] == stops[1]
+    steps = sorted(
+        int(p.name) for p in (tmp_path / "tms_tiny" / "checkpoints").iterdir() if p.name.isdigit()
+    )
+    assert steps == [stops[0]]

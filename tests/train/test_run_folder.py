@@ -114,3 +114,27 @@ def test_a_signal_during_set_up_stops_without_a_checkpoint() -> None:
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
         signal.getsignal(signal.SIGTERM)
     )
+
+
+def test_a_second_signal_aborts_at_once(tmp_path: Path) -> None:
+    """S11.6: SIGTERM then SIGINT (two signal numbers, so Python cannot fold them into one)
+    in the loop: exit 130 at once, without the stop-and-save of the first signal."""
+    import subprocess
+
+    from test_resume import REPO, _cli, _steps_logged
+
+    from param_decomp.train.run_loop import EXIT_ABORTED
+
+    config = _toy_config(tmp_path, steps=100_000)
+    runs = tmp_path / "runs"
+    args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
+    proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while _steps_logged(runs / "tms_tiny" / "metrics.jsonl") < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_ABORTED, err.decode()[-2000:]
+    assert "aborting now" in err.decode()
