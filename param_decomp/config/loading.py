@@ -398,29 +398,37 @@ def resolve_mesh_shape(mesh: Mesh, n_devices: int) -> dict[str, int]:
     return {"data": data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
 
 
-def check_mesh(cfg: DecomposeConfig, n_devices: int, file: str | Path) -> None:
-    """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor."""
-    shape = resolve_mesh_shape(cfg.mesh, n_devices)
+def mesh_problems(
+    mesh: Mesh, n_devices: int, batches: tuple[tuple[str, int], ...], C: int | None = None
+) -> list[tuple[str, str]]:
+    """S13.1 as (dotted key, message): mesh product = devices, every batch % (data*fsdp),
+    C % tensor (when the job has a C)."""
+    shape = resolve_mesh_shape(mesh, n_devices)
     problems: list[tuple[str, str]] = []
     product = math.prod(shape.values())
     if product != n_devices:
         sizes = " x ".join(f"{axis} {size}" for axis, size in shape.items())
         hint = (
-            f"; fsdp x tensor = {cfg.mesh.fsdp * cfg.mesh.tensor} must divide the device count"
-            if cfg.mesh.data == -1
+            f"; fsdp x tensor = {mesh.fsdp * mesh.tensor} must divide the device count"
+            if mesh.data == -1
             else "; set data: -1 to use the remaining devices"
         )
         problems.append(("mesh", f"{sizes} = {product} devices, but {n_devices} are visible{hint}"))
     batch_shards = shape["data"] * shape["fsdp"]
-    batches = (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
     for key, size in batches:
         if size % batch_shards:
             problems.append(
                 (key, f"{size} is not divisible by data x fsdp = {batch_shards} (the batch shards)")
             )
-    C = cfg.decomposition.C
-    if C % shape["tensor"]:
+    if C is not None and C % shape["tensor"]:
         msg = f"{C} is not divisible by the tensor axis size {shape['tensor']}"
         problems.append(("decomposition.C", msg))
+    return problems
+
+
+def check_mesh(cfg: DecomposeConfig, n_devices: int, file: str | Path) -> None:
+    """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor."""
+    batches = (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
+    problems = mesh_problems(cfg.mesh, n_devices, batches, cfg.decomposition.C)
     if problems:
         raise ConfigError(file, problems)

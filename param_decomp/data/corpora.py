@@ -243,14 +243,19 @@ def iter_split(
         yield "val", Document(f"{name}[val]", val)
         return
     for doc in iter_documents(corpus, documents, text_field):
-        if not doc.text.strip():
-            continue
-        val = name_hash(doc.name) < val_fraction
-        if doc.name == forced_val:
-            val = True
-        elif doc.name == forced_train:
-            val = False
-        yield ("val" if val else "train"), doc
+        if doc.text.strip():
+            yield split_of(doc.name, val_fraction, forced_val, forced_train), doc
+
+
+def split_of(
+    name: str, val_fraction: float, forced_val: str | None = None, forced_train: str | None = None
+) -> Split:
+    """The split of one document (S12.3): by its name's hash, unless the guard moved it."""
+    if name == forced_val:
+        return "val"
+    if name == forced_train:
+        return "train"
+    return "val" if name_hash(name) < val_fraction else "train"
 
 
 @dataclass
@@ -295,17 +300,11 @@ def split_guard(tally: SplitTally, corpus: str) -> dict[str, str] | None:
 def split_documents(
     docs: list[Document], val_fraction: float
 ) -> tuple[list[Document], list[Document]]:
-    """(train, val) of in-memory documents by the same per-document rule as `iter_split`
-    (with the same guard against an empty split)."""
+    """(train, val) of in-memory documents by the same rule and guard as `iter_split`."""
     docs = [d for d in docs if d.text.strip()]
-    val = [d for d in docs if name_hash(d.name) < val_fraction]
-    train = [d for d in docs if name_hash(d.name) >= val_fraction]
-    if len(docs) >= 2 and not val:
-        moved = min(train, key=lambda d: (name_hash(d.name), d.name))
-        train.remove(moved)
-        val = [moved]
-    elif len(docs) >= 2 and not train:
-        moved = max(val, key=lambda d: (name_hash(d.name), d.name))
-        val.remove(moved)
-        train = [moved]
-    return train, val
+    tally = SplitTally()
+    for doc in docs:
+        tally.add(split_of(doc.name, val_fraction), doc.name)
+    guard = split_guard(tally, "<documents>") if len(docs) >= 2 else None
+    splits = [(split_of(d.name, val_fraction, **(guard or {})), d) for d in docs]
+    return [d for s, d in splits if s == "train"], [d for s, d in splits if s == "val"]

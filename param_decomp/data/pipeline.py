@@ -110,10 +110,6 @@ class TextBatches:
     def __next__(self) -> Int[Array, "b s"]:
         return to_global(next(self._iterator), self.sharding, self.global_shape)
 
-    def next_local(self) -> Int[np.ndarray, "rows s"]:
-        """This process's rows of the next batch, on the host (for tests and tools)."""
-        return next(self._iterator)
-
     @property
     def position(self) -> int:
         """Index of the batch `next` returns: the step it feeds."""

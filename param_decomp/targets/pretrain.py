@@ -9,7 +9,6 @@ the same functions the decomposition's LM loss terms use.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -22,7 +21,7 @@ from flax import nnx
 from jaxtyping import Array, Float, Int
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import resolve_mesh_shape
+from param_decomp.config.loading import mesh_problems
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
 from param_decomp.config.schema import GPT2Model
 from param_decomp.data.pipeline import TextBatches, fixed_windows
@@ -94,21 +93,9 @@ def _pretrain_mesh(
     """The configured mesh (S13.1 checks, before anything compiles): batch rows over
     (data, fsdp); the LM's weights replicated, or over fsdp with `shard_target_weights`."""
     devices = jax.devices() if devices is None else devices
-    shape = resolve_mesh_shape(cfg.mesh, len(devices))
-    problems: list[tuple[str, str]] = []
-    if math.prod(shape.values()) != len(devices):
-        sizes = " x ".join(f"{axis} {size}" for axis, size in shape.items())
-        problems.append(("mesh", f"{sizes} devices, but {len(devices)} are visible"))
+    problems = mesh_problems(cfg.mesh, len(devices), (("train.batch_size", cfg.train.batch_size),))
     if cfg.mesh.tensor != 1:
         problems.append(("mesh.tensor", "pretraining shards over data and fsdp only; use 1"))
-    shards = shape["data"] * shape["fsdp"]
-    if cfg.train.batch_size % shards:
-        problems.append(
-            (
-                "train.batch_size",
-                f"{cfg.train.batch_size} is not divisible by data x fsdp = {shards}",
-            )
-        )
     if problems:
         raise ConfigError(config_path, problems)
     return build_mesh(cfg.mesh, devices)

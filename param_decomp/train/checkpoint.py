@@ -1,7 +1,8 @@
-"""Orbax checkpoints of pytrees, with errors that name the missing path.
+"""Orbax checkpoints of runs, with errors that name the missing path.
 
-A step holds the item `state` (the pytree) and, for runs fed by the grain pipeline, the item
-`data` (the pipeline position as JSON), so a restored run continues with the next batch.
+A step holds named pytree items (`decomposition` or `model`, `training`), the resolved config
+and, for runs fed by the grain pipeline, the item `data` (the pipeline position as JSON), so a
+restored run continues with the next batch.
 """
 
 from __future__ import annotations
@@ -20,25 +21,6 @@ class MissingCheckpointError(FileNotFoundError):
     pass
 
 
-def save_pytree(
-    directory: Path,
-    step: int,
-    tree: Any,
-    keep: int = 2,
-    data_state: dict[str, Any] | None = None,
-) -> None:
-    """Write `tree` (and the data-pipeline position, if any) as step `step` under
-    `directory`, collectively when multi-process."""
-    directory = Path(directory).resolve()
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True)
-    items: dict[str, Any] = {"state": ocp.args.StandardSave(tree)}
-    if data_state is not None:
-        items["data"] = ocp.args.JsonSave(data_state)
-    with ocp.CheckpointManager(directory, options=options) as manager:
-        manager.save(step, args=ocp.args.Composite(**items))
-        manager.wait_until_finished()
-
-
 def latest_step(directory: Path) -> int | None:
     directory = Path(directory).resolve()
     if not directory.exists():
@@ -52,17 +34,6 @@ def _resolved_step(directory: Path, step: int | None) -> int:
     if step is None:
         raise MissingCheckpointError(f"no checkpoint found under {directory}")
     return step
-
-
-def restore_pytree(directory: Path, abstract_tree: Any, step: int | None = None) -> Any:
-    """Restore into the structure (and shardings) of `abstract_tree`."""
-    directory = Path(directory).resolve()
-    step = _resolved_step(directory, step)
-    with ocp.CheckpointManager(directory) as manager:
-        restored = manager.restore(
-            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_tree))
-        )
-    return restored["state"]
 
 
 def restore_data_state(directory: Path, step: int | None = None) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from param_decomp.config.pretrain_schema import TextData
 from param_decomp.data.pipeline import TextBatches, fixed_windows, process_rows
 from param_decomp.data.token_store import TokenStore, prepare_tokens
-from param_decomp.train.checkpoint import restore_data_state, save_pytree
+from param_decomp.train.checkpoint import RunCheckpoints, restore_data_state
 
 SEQ = 16
 BATCH = 8
@@ -82,7 +82,9 @@ def test_restoring_a_saved_state_reproduces_the_next_10_batches(
     """S12.6, through a real orbax checkpoint, as a run saves and resumes it."""
     batches = TextBatches(store.train, SEQ, BATCH, seed=5)
     _take(batches, 7)
-    save_pytree(tmp_path / "ckpt", 7, {"w": np.zeros(3)}, data_state=batches.get_state())
+    checkpoints = RunCheckpoints(tmp_path / "ckpt")
+    checkpoints.save(7, {"w": np.zeros(3)}, batches.get_state(), {"run_name": "x"}, wait=True)
+    checkpoints.close()
     expected = _take(batches, 10)
     state = restore_data_state(tmp_path / "ckpt")
     assert state is not None and state["next_index"] == 7
