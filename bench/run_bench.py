@@ -481,7 +481,7 @@ def ci_function_seconds(session: Any, params: Any, batch: Any, reps: int = 10) -
 
     def loss(p: Any) -> Any:
         m = nnx.merge(graphdef, p)
-        lower, upper = m.causal_importances(record.inputs, m.all_VU(), acts)
+        lower, upper = m.causal_importances(m.ci_taps(record), m.all_VU(), acts)
         return sum(jnp.sum(lower[s] * upper[s]) for s in lower)
 
     f = jax.jit(jax.grad(loss))

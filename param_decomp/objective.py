@@ -29,7 +29,7 @@ from param_decomp.decomposition.masked_forward import (
     inner_acts,
     masked_site_fn,
 )
-from param_decomp.decomposition.sources import ReconPlan, draw_plans_sources, live_sites
+from param_decomp.decomposition.sources import ReconPlan, SiteC, draw_plans_sources, live_sites
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
 from param_decomp.losses.distances import OUTPUT_DISTANCES
 from param_decomp.losses.importance import component_means
@@ -66,7 +66,7 @@ class Objective:
         return cls(terms, psi_specs, plans, adversaries)
 
     def draw_sources(
-        self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
+        self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: SiteC
     ) -> PlanSources:
         """Every plan's sources from one draw (S6.5); each adversary's initial sources and
         routing from its own fold of the key (S6A.2), so the plans' draw is unchanged."""
@@ -141,7 +141,6 @@ class Objective:
         fresh adversary's final sources are stop-gradient; a persistent one's pass its
         gradient straight through the warm-up to the state's sources (S6A.5)."""
         sites = tuple(ctx.VU)
-        C = ctx.ci_lower[sites[0]].shape[-1]
         batch_shape = tuple(ctx.ci_lower[sites[0]].shape[:-1])
         dist = OUTPUT_DISTANCES[spec.distance]
         routed = drawn["routed"]
@@ -154,7 +153,7 @@ class Objective:
         for live in live_groups(spec, sites):
 
             def adv_loss(src: dict[str, Array], live: tuple[str, ...] = live) -> Array:
-                fwd = adversary_forward(spec, src, routed, batch_shape, C)
+                fwd = adversary_forward(spec, src, routed, batch_shape)
                 site_fn = masked_site_fn(
                     live, frozen_VU, frozen_ci, fwd, spec.delta, record, frozen_acts
                 )
@@ -167,7 +166,7 @@ class Objective:
                 used = jax.tree.map(lambda a, b: a + sg(b - a), own, final)
             else:
                 used = sg(final)
-            fwd = adversary_forward(spec, used, routed, batch_shape, C)
+            fwd = adversary_forward(spec, used, routed, batch_shape)
             site_fn = masked_site_fn(live, ctx.VU, ctx.ci_lower, fwd, spec.delta, record, acts)
             with jax.named_scope("masked_forward"):
                 outputs.append(target(x, site_fn))
@@ -196,7 +195,9 @@ class Objective:
         with jax.named_scope("inner_acts"):
             acts = inner_acts(record, VU)
         with jax.named_scope("ci_function"):
-            ci_lower, ci_upper = decomposition.causal_importances(record.inputs, VU, acts)
+            ci_lower, ci_upper = decomposition.causal_importances(
+                decomposition.ci_taps(record), VU, acts
+            )
         return self.context_from_ci(
             target,
             x,

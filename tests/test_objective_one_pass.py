@@ -72,7 +72,7 @@ def test_s9_2_each_shared_quantity_is_computed_once(monkeypatch) -> None:  # noq
 
     def loss(params: nnx.State) -> jax.Array:
         m = nnx.merge(*nnx.split(model)[:1], params)
-        sources = objective.draw_sources(jax.random.key(0), (8,), m.site_names, m.C)
+        sources = objective.draw_sources(jax.random.key(0), (8,), m.site_names, m.site_C)
         return objective.evaluate(objective.context(wrapped, m, x, sources, jnp.zeros(())))[0]
 
     jax.make_jaxpr(jax.grad(loss))(nnx.split(model)[1])
@@ -93,7 +93,7 @@ def test_s6_5_two_terms_naming_one_plan_share_its_forward() -> None:
     assert a.plan() == b.plan()
     target, model, _ = _setup((a,))
     wrapped = CountingTarget(target, counts)
-    sources = objective.draw_sources(jax.random.key(0), (4,), model.site_names, model.C)
+    sources = objective.draw_sources(jax.random.key(0), (4,), model.site_names, model.site_C)
     objective.evaluate(objective.context(wrapped, model, jnp.ones((4, 5)), sources, jnp.zeros(())))
     assert counts["target_forward"] == 2
 
@@ -132,11 +132,11 @@ def test_s6a_4_pgd_adds_exactly_its_ascents_and_one_forward(monkeypatch) -> None
         x = jnp.ones((8, 5))
         graphdef, params = nnx.split(model)
         spec = objective.persistent
-        adv = {s: jnp.full((model.C + 1,), 0.5) for s in model.site_names} if spec else None
+        adv = {s: jnp.full((c + 1,), 0.5) for s, c in model.site_C.items()} if spec else None
 
         def loss(p: nnx.State, s, objective=objective, wrapped=wrapped, graphdef=graphdef, x=x):  # noqa: ANN001
             m = nnx.merge(graphdef, p)
-            sources = objective.draw_sources(jax.random.key(0), (8,), m.site_names, m.C)
+            sources = objective.draw_sources(jax.random.key(0), (8,), m.site_names, m.site_C)
             ctx = objective.context(wrapped, m, x, sources, jnp.zeros(()), s)
             return objective.evaluate(ctx)[0]
 

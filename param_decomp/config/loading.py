@@ -399,10 +399,10 @@ def resolve_mesh_shape(mesh: Mesh, n_devices: int) -> dict[str, int]:
 
 
 def mesh_problems(
-    mesh: Mesh, n_devices: int, batches: tuple[tuple[str, int], ...], C: int | None = None
+    mesh: Mesh, n_devices: int, batches: tuple[tuple[str, int], ...], Cs: tuple[int, ...] = ()
 ) -> list[tuple[str, str]]:
     """S13.1 as (dotted key, message): mesh product = devices, every batch % (data*fsdp),
-    C % tensor (when the job has a C)."""
+    every site's C % tensor (when the job has sites)."""
     shape = resolve_mesh_shape(mesh, n_devices)
     problems: list[tuple[str, str]] = []
     product = math.prod(shape.values())
@@ -420,15 +420,16 @@ def mesh_problems(
             problems.append(
                 (key, f"{size} is not divisible by data x fsdp = {batch_shards} (the batch shards)")
             )
-    if C is not None and C % shape["tensor"]:
-        msg = f"{C} is not divisible by the tensor axis size {shape['tensor']}"
-        problems.append(("decomposition.C", msg))
+    for C in sorted(set(Cs)):
+        if C % shape["tensor"]:
+            msg = f"{C} is not divisible by the tensor axis size {shape['tensor']}"
+            problems.append(("decomposition.C", msg))
     return problems
 
 
 def check_mesh(cfg: DecomposeConfig, n_devices: int, file: str | Path) -> None:
     """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor."""
     batches = (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
-    problems = mesh_problems(cfg.mesh, n_devices, batches, cfg.decomposition.C)
+    problems = mesh_problems(cfg.mesh, n_devices, batches, tuple(cfg.decomposition.all_C()))
     if problems:
         raise ConfigError(file, problems)

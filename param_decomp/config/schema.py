@@ -18,7 +18,6 @@ from pydantic import (
     Field,
     PositiveFloat,
     PositiveInt,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -207,31 +206,85 @@ class TargetConfig(StrictModel):
 
 
 class CIFunction(StrictModel):
-    """Causal-importance function (SPEC §CI): which inputs it reads and its hidden widths."""
+    """Causal-importance function (SPEC S5): which inputs it reads and its sizes.
 
-    type: Literal["per_component_mlp", "per_site_mlp", "global_mlp"] = "per_component_mlp"
+    `hidden` sizes the MLP kinds; `d_model`, `n_layers`, `n_heads`, `d_mlp` and `rope_base`
+    size `global_transformer` (S5.5), a bidirectional transformer over the sequence of an LM."""
+
+    type: Literal["per_component_mlp", "per_site_mlp", "global_mlp", "global_transformer"] = (
+        "per_component_mlp"
+    )
     hidden: list[PositiveInt] = [16]
+    d_model: PositiveInt = 64
+    n_layers: PositiveInt = 2
+    n_heads: PositiveInt = 4
+    d_mlp: PositiveInt | None = Field(default=None, description="4 * d_model when omitted")
+    rope_base: PositiveFloat = 10000.0
+
+    @model_validator(mode="after")
+    def _heads_divide(self) -> CIFunction:
+        if self.type == "global_transformer" and (
+            self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2
+        ):
+            raise ValueError(
+                f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even "
+                "head size (rotary embedding rotates pairs)"
+            )
+        return self
+
+
+class SiteGroup(StrictModel):
+    """Sites chosen by a dotted pattern (`*` matches one whole or partial name segment, e.g.
+    `layers.*.mlp.*`), each with its own number of components C (S1.4)."""
+
+    pattern: str = Field(min_length=1)
+    C: PositiveInt | None = Field(
+        default=None, description="components per matched site; decomposition.C when omitted"
+    )
 
 
 class Decomposition(StrictModel):
-    C: PositiveInt
-    sites: list[str] = Field(min_length=1)
+    """Which target weights are decomposed, into how many components, with which CI function.
+
+    `sites` entries are exact site names or patterns (plain strings use `C`), or
+    `{pattern, C}` groups with their own C. They resolve against the target's site list, in
+    the target's own order (S1.4), so the order a config lists them in never matters."""
+
+    C: PositiveInt | None = Field(default=None, description="C of entries without their own")
+    sites: list[str | SiteGroup] = Field(min_length=1)
     tied_sites: dict[str, str] = {}
     ci_function: CIFunction = CIFunction()
     squashing: Literal["leaky_hard"] = "leaky_hard"
     leaky_alpha: PositiveFloat = 0.01
     init_scale: PositiveFloat = 1.0
 
-    @field_validator("tied_sites")
-    @classmethod
-    def _ties_refer_to_sites(cls, ties: dict[str, str], info: ValidationInfo) -> dict[str, str]:
-        sites = info.data.get("sites", [])
-        for tied, source in ties.items():
-            if tied not in sites or source not in sites:
-                raise ValueError(f"entry {tied}: {source} must name two of sites {sites}")
-            if source in ties:
-                raise ValueError(f"source {source} is itself tied")
-        return ties
+    @model_validator(mode="after")
+    def _every_entry_has_a_C(self) -> Decomposition:
+        for entry in self.sites:
+            pattern = entry if isinstance(entry, str) else entry.pattern
+            if self.C is None and (isinstance(entry, str) or entry.C is None):
+                raise ValueError(
+                    f"sites entry {pattern!r} has no C: set decomposition.C or write it as "
+                    f"{{pattern: {pattern!r}, C: <components>}}"
+                )
+        for tied, source in self.tied_sites.items():
+            if source in self.tied_sites:
+                raise ValueError(f"tied_sites: source {source} of {tied} is itself tied")
+        return self
+
+    def site_entries(self) -> list[tuple[str, int]]:
+        """(pattern, C) of every `sites` entry, in config order."""
+        out = []
+        for entry in self.sites:
+            if isinstance(entry, str):
+                out.append((entry, int(self.C)))  # type: ignore[arg-type]  # checked above
+            else:
+                out.append((entry.pattern, int(entry.C if entry.C is not None else self.C)))  # type: ignore[arg-type]
+        return out
+
+    def all_C(self) -> list[int]:
+        """Every C a site of this decomposition may have (for the S13.1 tensor check)."""
+        return sorted({c for _, c in self.site_entries()})
 
 
 class FaithfulnessWarmup(StrictModel):

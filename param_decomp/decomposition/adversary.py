@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, PRNGKeyArray
 
-from param_decomp.decomposition.sources import Forward, uniform_k_routing
+from param_decomp.decomposition.sources import Forward, SiteC, c_of, uniform_k_routing
 
 AdversaryRouting = Literal["all", "subset", "each"]
 AdversaryInit = Literal["random", "ones"]
@@ -60,6 +60,7 @@ class AdversarySpec:
 
 
 def source_shape(spec: AdversarySpec, batch_shape: tuple[int, ...], C: int) -> tuple[int, ...]:
+    """One site's sources: C mask sources (+ a delta source), shared or per position."""
     width = C + (1 if spec.delta else 0)
     return (width,) if spec.sharing == "batch" else (*batch_shape, width)
 
@@ -69,15 +70,18 @@ def initial_sources(
     key: PRNGKeyArray,
     batch_shape: tuple[int, ...],
     sites: tuple[str, ...],
-    C: int,
+    C: SiteC,
 ) -> Sources:
     """`init` sources: ones, or U(0, 1) from one draw with the sites on the second-to-last
-    axis (so a position's row depends only on the key and the position, as in S6.5)."""
-    shape = source_shape(spec, batch_shape, C)
+    axis, as wide as the widest site (so a position's row depends only on the key and the
+    position, as in S6.5); a site with fewer components takes the first of its row."""
+    shapes = {s: source_shape(spec, batch_shape, c_of(C, s)) for s in sites}
     if spec.init == "ones":
-        return {s: jnp.ones(shape, jnp.float32) for s in sites}
-    u = jax.random.uniform(key, (*shape[:-1], len(sites), shape[-1]), jnp.float32)
-    return {s: u[..., i, :] for i, s in enumerate(sites)}
+        return {s: jnp.ones(shape, jnp.float32) for s, shape in shapes.items()}
+    widest = max(shape[-1] for shape in shapes.values())
+    lead = next(iter(shapes.values()))[:-1]
+    u = jax.random.uniform(key, (*lead, len(sites), widest), jnp.float32)
+    return {s: u[..., i, : shapes[s][-1]] for i, s in enumerate(sites)}
 
 
 def draw_adversary(
@@ -85,7 +89,7 @@ def draw_adversary(
     key: PRNGKeyArray,
     batch_shape: tuple[int, ...],
     sites: tuple[str, ...],
-    C: int,
+    C: SiteC,
 ) -> dict[str, Any]:
     """The random part of an adversarial term for one step: initial sources and, for subset
     routing, the per-position routed sites (S6.3), fixed during the ascent."""
@@ -103,12 +107,13 @@ def adversary_forward(
     sources: Sources,
     routed: dict[str, Array] | None,
     batch_shape: tuple[int, ...],
-    C: int,
 ) -> Forward:
-    """The sources as one masked forward's `mask_source` / `delta_source` (every site live)."""
+    """The sources as one masked forward's `mask_source` / `delta_source` (every site live);
+    a site's last source is its delta source when the delta channel is on."""
     mask, delta = {}, {}
     for s, src in sources.items():
         full = jnp.broadcast_to(src, (*batch_shape, src.shape[-1]))
+        C = src.shape[-1] - (1 if spec.delta else 0)
         mask[s] = full[..., :C]
         delta[s] = full[..., C] if spec.delta else jnp.zeros(batch_shape, jnp.float32)
     return {"mask_source": mask, "delta_source": delta, "routed": routed}
@@ -140,7 +145,7 @@ def adversary_optimizer(spec: AdversarySpec) -> optax.GradientTransformation:
 
 
 def init_adversary_state(
-    spec: AdversarySpec | None, key: PRNGKeyArray, sites: tuple[str, ...], C: int
+    spec: AdversarySpec | None, key: PRNGKeyArray, sites: tuple[str, ...], C: SiteC
 ) -> dict[str, Any] | None:
     """The persistent adversary's train state `{sources, opt_state}`; None without one."""
     if spec is None:

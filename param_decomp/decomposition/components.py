@@ -10,10 +10,13 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array, Bool, Float
 
+from param_decomp.targets.base import site_product
+
 
 def component_acts(x: Float[Array, "*b d_in"], V: Float[Array, "d_in C"]) -> Float[Array, "*b C"]:
-    """Inner activations x . V[:, c]: what each component reads from the input."""
-    return x @ V
+    """Inner activations x . V[:, c]: what each component reads from the input (token ids
+    read V's rows)."""
+    return site_product(x, V)
 
 
 def stochastic_mask(ci: Float[Array, "*b C"], source: Float[Array, "*b C"]) -> Float[Array, "*b C"]:

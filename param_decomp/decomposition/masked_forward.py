@@ -22,7 +22,7 @@ from param_decomp.decomposition.components import (
     masked_product_sum,
     stochastic_mask,
 )
-from param_decomp.targets.base import SiteFn
+from param_decomp.targets.base import SiteFn, site_product
 
 
 @jax.tree_util.register_dataclass
@@ -43,7 +43,7 @@ def recording_site_fn(inputs: dict[str, Array], outputs: dict[str, Array]) -> Si
                 f"site {name!r} was called twice in one forward; site names must be "
                 "unique within a target's forward"
             )
-        out = x @ W
+        out = site_product(x, W)
         inputs[name], outputs[name] = x, out
         return out
 
@@ -87,12 +87,12 @@ def masked_site_fn(
     def site_fn(name: str, x: Array, W: Array) -> Array:
         clean = upstream_clean[0] and name in record.outputs
         if name not in live:
-            return record.outputs[name] if clean else x @ W
+            return record.outputs[name] if clean else site_product(x, W)
         upstream_clean[0] = False
         V, U = VU[name]
-        acts = clean_acts[name] if clean else x @ V
+        acts = clean_acts[name] if clean else site_product(x, V)
         needs_xw = use_delta or forward["routed"] is not None
-        xw = (record.outputs[name] if clean else x @ W) if needs_xw else None
+        xw = (record.outputs[name] if clean else site_product(x, W)) if needs_xw else None
         mask = stochastic_mask(ci_lower[name], forward["mask_source"][name])
         delta = forward["delta_source"][name] if use_delta else None
         routed = forward["routed"][name] if forward["routed"] is not None else None

@@ -11,6 +11,7 @@ with an entry for each of its LIVE sites only (a non-live site consumes no sourc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -21,6 +22,14 @@ from jaxtyping import Array, Bool, Float, PRNGKeyArray
 Forward = dict[str, Any]
 
 Routing = Literal["all", "each", "subset", "ci"]
+SiteC = int | Mapping[str, int]  # one C for every site, or each site's own (S1.4)
+
+
+def c_of(C: SiteC, site: str) -> int:
+    """The number of components of `site`."""
+    return C if isinstance(C, int) else C[site]
+
+
 SourceKind = Literal["continuous", "binomial"]
 
 
@@ -38,15 +47,17 @@ class ReconPlan:
     delta: bool = True
 
 
-def plan_source_width(plan: ReconPlan, n_sites: int, C: int) -> int:
-    """Uniforms per position a plan consumes: for every (sample, forward, live site) C mask
+def plan_source_width(plan: ReconPlan, sites: tuple[str, ...], C: SiteC) -> int:
+    """Uniforms per position a plan consumes: for every (sample, forward, live site) C_s mask
     sources and one delta source, plus n_sites + 1 per forward for subset routing."""
     if plan.routing == "ci":
         return 0
-    n_forwards = n_sites if plan.routing == "each" else 1
-    n_live = 1 if plan.routing == "each" else n_sites
-    per_forward = n_live * (C + 1) + (n_sites + 1 if plan.routing == "subset" else 0)
-    return plan.n_mask_samples * n_forwards * per_forward
+    # `each` runs one forward per site with that site live, the others one forward with all
+    # live: either way every site's C_s + 1 sources once per sample
+    per_sample = sum(c_of(C, s) + 1 for s in sites)
+    if plan.routing == "subset":
+        per_sample += len(sites) + 1
+    return plan.n_mask_samples * per_sample
 
 
 def uniform_k_routing(uniforms: Float[Array, "*b n_plus_1"], n_sites: int) -> Bool[Array, "*b n"]:
@@ -62,7 +73,7 @@ def plan_sources_from_uniforms(
     uniforms: Float[Array, "*b width"],
     batch_shape: tuple[int, ...],
     sites: tuple[str, ...],
-    C: int,
+    C: SiteC,
 ) -> list[list[Forward]]:
     """Slice a plan's uniforms (width `plan_source_width`) into its forwards' sources."""
     n_forwards = len(sites) if plan.routing == "each" else 1
@@ -81,10 +92,10 @@ def plan_sources_from_uniforms(
             fwd: Forward = {"mask_source": {}, "delta_source": {}, "routed": None}
             for s in live_sites(plan, sites, f):
                 if plan.routing == "ci":
-                    fwd["mask_source"][s] = jnp.zeros((*batch_shape, C), jnp.float32)
+                    fwd["mask_source"][s] = jnp.zeros((*batch_shape, c_of(C, s)), jnp.float32)
                     fwd["delta_source"][s] = jnp.zeros(batch_shape, jnp.float32)
                     continue
-                u = take(C)
+                u = take(c_of(C, s))
                 fwd["mask_source"][s] = (
                     (u < 0.5).astype(jnp.float32) if plan.source == "binomial" else u
                 )
@@ -102,7 +113,7 @@ def draw_plans_sources(
     key: PRNGKeyArray,
     batch_shape: tuple[int, ...],
     sites: tuple[str, ...],
-    C: int,
+    C: SiteC,
 ) -> dict[ReconPlan, list[list[Forward]]]:
     """Every source of every plan from ONE uniform draw of shape (*batch, total width).
 
@@ -110,7 +121,7 @@ def draw_plans_sources(
     separate draw costs several small kernels per round); each position's row depends only on
     the key and the position, so the sources do not depend on the mesh (S6.5).
     """
-    widths = [plan_source_width(p, len(sites), C) for p in plans]
+    widths = [plan_source_width(p, sites, C) for p in plans]
     total = sum(widths)
     uniforms = (
         jax.random.uniform(key, (*batch_shape, total), jnp.float32)
@@ -126,7 +137,11 @@ def draw_plans_sources(
 
 
 def draw_plan_sources(
-    plan: ReconPlan, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: int
+    plan: ReconPlan,
+    key: PRNGKeyArray,
+    batch_shape: tuple[int, ...],
+    sites: tuple[str, ...],
+    C: SiteC,
 ) -> list[list[Forward]]:
     """The sources of one plan alone."""
     return draw_plans_sources((plan,), key, batch_shape, sites, C)[plan]

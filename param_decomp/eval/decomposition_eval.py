@@ -20,7 +20,7 @@ from param_decomp.train.step import objective_loss
 def causal_importance_on(model: Any, target: Any, x: jax.Array) -> dict[str, jax.Array]:
     """ci_lower of every site on inputs x."""
     _, record = clean_forward(target, x, model.site_names)
-    lower, _ = model.causal_importances(record.inputs, model.all_VU())
+    lower, _ = model.causal_importances(model.ci_taps(record), model.all_VU())
     return lower
 
 
@@ -39,7 +39,13 @@ def evaluate_decomposition(
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
     threshold = cfg.eval.ci_alive_threshold
-    ci_fn = jax.jit(lambda x: causal_importance_on(model, target, x))
+    jitted = jax.jit(lambda x: causal_importance_on(model, target, x))
+
+    def ci_fn(x: jax.Array) -> dict[str, jax.Array]:
+        """In site order (S1.4): a jitted function returns its dicts with sorted keys."""
+        out = jitted(x)
+        return {s: out[s] for s in model.site_names}
+
     loss_fn = jax.jit(
         lambda x, k: objective_loss(
             objective, graphdef, target_graphdef, params, target_state, x, k, jnp.ones(())

@@ -83,13 +83,13 @@ def _batch_stats(
     clean, record = clean_forward(target, x, sites)
     VU = model.all_VU()
     acts = inner_acts(record, VU)
-    ci, _ = model.causal_importances(record.inputs, VU, acts)
+    ci, _ = model.causal_importances(model.ci_taps(record), VU, acts)
     batch_shape = target.batch_shape(x)
     plan = ReconPlan("all", "continuous", 1, spec.delta)
     k_stoch, k_rand, k_zero = jax.random.split(key, 3)
-    stoch = draw_plan_sources(plan, k_stoch, batch_shape, sites, model.C)[0][0]
-    rand = draw_plan_sources(plan, k_rand, batch_shape, sites, model.C)[0][0]
-    zero = draw_plan_sources(plan, k_zero, batch_shape, sites, model.C)[0][0]
+    stoch = draw_plan_sources(plan, k_stoch, batch_shape, sites, model.site_C)[0][0]
+    rand = draw_plan_sources(plan, k_rand, batch_shape, sites, model.site_C)[0][0]
+    zero = draw_plan_sources(plan, k_zero, batch_shape, sites, model.site_C)[0][0]
     zeros = {s: jnp.zeros_like(ci[s]) for s in sites}
     ones = {s: jnp.ones_like(ci[s]) for s in sites}
     rounded = {s: (ci[s] > ROUND_THRESHOLD).astype(ci[s].dtype) for s in sites}
@@ -117,7 +117,7 @@ def _batch_stats(
             out[f"mse/{name}"] = mse(masked, clean)
     above = {s: ci[s] > spec.threshold for s in sites}
     l0_sum = {s: jnp.sum(above[s].astype(jnp.float32)) for s in sites}
-    alive = {s: jnp.any(above[s].reshape(-1, model.C), axis=0) for s in sites}
+    alive = {s: jnp.any(above[s].reshape(-1, above[s].shape[-1]), axis=0) for s in sites}
     n = jnp.asarray(int(np.prod(batch_shape)), jnp.int32)
     return {"means": out, "l0_sum": l0_sum, "alive": alive, "n": n}
 
@@ -134,8 +134,8 @@ def _probe_alive(
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
     _, record = clean_forward(target, x, model.site_names)
-    ci, _ = model.causal_importances(record.inputs, model.all_VU())
-    return {s: jnp.any((c > threshold).reshape(-1, model.C), axis=0) for s, c in ci.items()}
+    ci, _ = model.causal_importances(model.ci_taps(record), model.all_VU())
+    return {s: jnp.any((c > threshold).reshape(-1, c.shape[-1]), axis=0) for s, c in ci.items()}
 
 
 def fast_tier(
@@ -155,7 +155,7 @@ def fast_tier(
         raise ValueError("the fast tier needs at least one eval batch")
     spec = spec_of(cfg)
     key = jax.random.key(cfg.seed + KEY_OFFSET)
-    model_sites = tuple(cfg.decomposition.sites)
+    model_sites = nnx.merge(graphdef, params).site_names
     sums: dict[str, float] = {}
     l0 = dict.fromkeys(model_sites, 0.0)
     alive: dict[str, np.ndarray] = {}

@@ -39,10 +39,12 @@ from param_decomp.config.loading import resolve_mesh_shape
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, GPT2Model, LlamaModel, TargetConfig
 from param_decomp.decomposition.model import DecompositionModel
+from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.sharding.mesh import AXES
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.build import build_target
 from param_decomp.targets.pretrain import build_llama
+from param_decomp.targets.token_lm import INDEX_SITES
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import moment_shardings
 
@@ -158,7 +160,7 @@ def activation_bytes(
     cfg: DecomposeConfig,
     site_shapes: dict[str, tuple[int, int]],
     rows: int,
-    c_local: int,
+    c_local: dict[str, int],
     lm: tuple[int, int, int] | None,
 ) -> int:
     """A ROUGH activation term, fp32, for `rows` batch rows (tokens for an LM) per device:
@@ -172,18 +174,20 @@ def activation_bytes(
       per-component MLP holds per component (2 x sum(hidden) x C / tensor per site).
 
     No (rows, d, C) array is ever formed (components.py), so none is counted."""
-    per_pass = sum(d_in + d_out + 2 * c_local for d_in, d_out in site_shapes.values())
+    per_pass = sum(d_in + d_out + 2 * c_local[s] for s, (d_in, d_out) in site_shapes.items())
     if lm is not None:
         seq_len, vocab, heads = lm
         per_pass += vocab + heads * seq_len
     ci = cfg.decomposition.ci_function
     units = 2 * sum(ci.hidden)
     if ci.type == "per_component_mlp":
-        ci_width = units * c_local * len(site_shapes)
+        ci_width = units * sum(c_local.values())
     elif ci.type == "per_site_mlp":
         ci_width = units * len(site_shapes)
-    else:
+    elif ci.type == "global_mlp":
         ci_width = units
+    else:  # global_transformer: per layer about 12 d_model-wide values (qkv, mlp, norms)
+        ci_width = ci.n_layers * (12 * ci.d_model + 2 * (ci.d_mlp or 4 * ci.d_model))
     return ACTIVATION_ITEMSIZE * rows * (ACTIVATION_PASSES * per_pass + 2 * ci_width)
 
 
@@ -193,22 +197,27 @@ def estimate_decomposition_bytes(
     """Per-device bytes of the decomposition `cfg` of `target_cfg` on `n_devices` devices,
     from shapes only (nothing is allocated, the target is neither loaded nor trained).
 
-    The sites must exist in the target (KeyError otherwise; `check_fits` reports it as a
-    ConfigError)."""
+    The sites must resolve against the target (SiteError otherwise; `check_fits` reports it
+    as a ConfigError)."""
     shape = resolve_mesh_shape(cfg.mesh, n_devices)
     mesh = AbstractMesh(tuple(shape[a] for a in AXES), AXES)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
     dec = cfg.decomposition
 
     target_state, weights = _abstract_target(target_cfg)
-    site_shapes = {s: tuple(int(d) for d in weights[s].shape) for s in dec.sites}
+    all_shapes = {s: (int(w.shape[0]), int(w.shape[1])) for s, w in weights.items()}
+    site_C = resolve_sites(dec, list(all_shapes))
+    site_shapes = {s: all_shapes[s] for s in site_C}
     target = _tree_bytes(target_state, plan.target_shardings(target_state))
 
+    index_sites = INDEX_SITES if _lm_fields(target_cfg) else ()
     model = nnx.eval_shape(
-        lambda: DecompositionModel(dec, site_shapes, rngs=nnx.Rngs(params=cfg.seed))
+        lambda: DecompositionModel(
+            dec, all_shapes, rngs=nnx.Rngs(params=cfg.seed), index_sites=index_sites
+        )
     )
     params = nnx.split(model)[1]
-    param_shardings = plan.decomposition_shardings(params, dec.C)
+    param_shardings = plan.decomposition_shardings(params)
     components = ci_function = 0
     for (path, leaf), sharding in zip(
         jax.tree_util.tree_leaves_with_path(params), _sharding_leaves(param_shardings), strict=True
@@ -225,7 +234,7 @@ def estimate_decomposition_bytes(
     batch_shards = shape["data"] * shape["fsdp"]
     lm = _lm_fields(target_cfg)
     rows = -(-cfg.train.batch_size // batch_shards) * (lm[0] if lm else 1)
-    c_local = -(-dec.C // shape["tensor"])
+    c_local = {s: -(-c // shape["tensor"]) for s, c in site_C.items()}
     return MemoryEstimate(
         n_devices=n_devices,
         mesh=shape,
@@ -276,17 +285,15 @@ def check_fits(
         return None
     try:
         est = estimate_decomposition_bytes(cfg, target_cfg, n_devices)
-    except KeyError:
-        _, weights = _abstract_target(target_cfg)
-        unknown = [s for s in cfg.decomposition.sites if s not in weights]
-        msg = f"unknown site(s) {unknown}; the target has {sorted(weights)}"
-        raise ConfigError(config_path, [("decomposition.sites", msg)]) from None
+    except SiteError as err:
+        raise ConfigError(config_path, [("decomposition.sites", str(err))]) from None
     limit = device_memory_bytes() if limit is None else limit
     if limit is None or est.total <= limit:
         return est
     mesh = " x ".join(f"{a} {n}" for a, n in est.mesh.items())
+    Cs = ", ".join(f"{c:,}" for c in cfg.decomposition.all_C())
     msg = (
-        f"C = {cfg.decomposition.C:,} needs an estimated {format_bytes(est.total)} per device, "
+        f"C = {Cs} needs an estimated {format_bytes(est.total)} per device, "
         f"more than the {format_bytes(limit)} one device has ({n_devices} device(s), mesh {mesh})"
         f"\nper device: {est.breakdown()}"
         "\nwhat would help: a smaller decomposition.C; a larger mesh.tensor (V/U, their AdamW "

@@ -57,8 +57,10 @@ class PlacementPlan:
     def batch(self, ndim: int) -> NamedSharding:
         return self.sharding(("batch",) + (None,) * (ndim - 1))
 
-    def decomposition_shardings(self, params: Any, C: int) -> Any:
-        """Shard C of V, U and per-component CI weights (S13.2); replicate the rest."""
+    def decomposition_shardings(self, params: Any) -> Any:
+        """Shard C of V, U and per-component CI weights (S13.2); replicate the rest. The
+        per-component MLP's weights are (C, a, b) and its biases (C, b): the only CI leaves
+        of rank 3, and of rank 2 among biases, so C is found without knowing each site's C."""
 
         def place(path: tuple, leaf: jax.Array) -> NamedSharding:
             names = [getattr(k, "key", getattr(k, "name", str(k))) for k in path]
@@ -67,10 +69,10 @@ class PlacementPlan:
                 return self.sharding(("d_in", "C"), leaf.shape)
             if "components" in names and names[-1] == "U":
                 return self.sharding(("C", "d_out"), leaf.shape)
-            if "ci_fns" in names and leaf.ndim >= 2 and leaf.shape[0] == C and "weights" in names:
-                return self.sharding(("C",) + (None,) * (leaf.ndim - 1))
-            if "ci_fns" in names and leaf.ndim == 2 and leaf.shape[0] == C and "biases" in names:
-                return self.sharding(("C", None))
+            if "ci_fns" in names and leaf.ndim == 3 and "weights" in names:
+                return self.sharding(("C", None, None), leaf.shape)
+            if "ci_fns" in names and leaf.ndim == 2 and "biases" in names:
+                return self.sharding(("C", None), leaf.shape)
             return self.replicated()
 
         return jax.tree_util.tree_map_with_path(place, params)

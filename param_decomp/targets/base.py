@@ -1,6 +1,7 @@
 """What every decomposable target offers: named linear sites and a forward that routes them.
 
-A site is a linear map x @ W with W stored (d_in, d_out). The forward calls `site_fn(name, x, W)`
+A site is a linear map x @ W with W stored (d_in, d_out); an embedding is the site whose input
+is token ids, read as one-hot rows (`site_product`). The forward calls `site_fn(name, x, W)`
 for every site, so the decomposition can replace any subset of sites without the target knowing.
 """
 
@@ -9,15 +10,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 SiteFn = Callable[[str, Array, Array], Array]
 
 
+def site_product(x: Array, W: Float[Array, "d_in d_out"]) -> Array:
+    """x @ W for a site input x. Integer x are row indices (token ids into an embedding): the
+    product with their one-hot rows, taken as a gather so no (*b, vocab) array is formed."""
+    if jnp.issubdtype(x.dtype, jnp.integer):
+        return jnp.take(W, x, axis=0)
+    return x @ W
+
+
 def dense_site(name: str, x: Array, W: Array) -> Array:
     """The frozen path: the site's own weight."""
     del name
-    return x @ W
+    return site_product(x, W)
 
 
 class Target(Protocol):

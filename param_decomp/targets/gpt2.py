@@ -1,8 +1,9 @@
 """A small GPT-2-style causal LM (LayerNorm, learned positions, GELU MLP, biases) with routable
 sites, beside the Llama-style one.
 
-Sites: layers.{i}.attn.{q,k,v,o} and layers.{i}.mlp.{fc,proj}, all (d_in, d_out) and without
-their biases: a site is the linear map x @ W, the bias is added outside it and stays frozen.
+Sites, in this order: embed, layers.{i}.attn.{q,k,v,o} and layers.{i}.mlp.{fc,proj}, unembed;
+all (d_in, d_out) and without their biases: a site is the linear map x @ W, the bias is added
+outside it and stays frozen.
 Input is token ids (batch, pos); output is logits (batch, pos, vocab).
 """
 
@@ -82,7 +83,7 @@ class GPT2(TokenLM):
     ) -> Float[Array, "b t v"]:
         weights = self.site_weights()
         b, t = tokens.shape
-        x = self.embed[...][tokens] + self.positions[...][:t]
+        x = self.embed_tokens(tokens, site_fn) + self.positions[...][:t]
         d = x.shape[-1]
         h = self.n_heads
         for i in range(self.n_layers):
@@ -101,4 +102,4 @@ class GPT2(TokenLM):
             m_in = layer_norm(x, n[2], n[3])
             x = x + site("mlp.proj", jax.nn.gelu(site("mlp.fc", m_in)))
         fn = self.final_norm[...]
-        return self.head(layer_norm(x, fn[0], fn[1]))
+        return self.head(layer_norm(x, fn[0], fn[1]), site_fn)

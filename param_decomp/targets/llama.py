@@ -1,6 +1,7 @@
 """A small Llama-style causal LM (RMSNorm, RoPE attention, SwiGLU MLP) with routable sites.
 
-Sites: layers.{i}.attn.{q,k,v,o} and layers.{i}.mlp.{gate,up,down}, all (d_in, d_out).
+Sites, in this order: embed, layers.{i}.attn.{q,k,v,o} and layers.{i}.mlp.{gate,up,down},
+unembed; all (d_in, d_out).
 Input is token ids (batch, pos); output is logits (batch, pos, vocab).
 """
 
@@ -80,7 +81,7 @@ class Llama(TokenLM):
         self, tokens: Int[Array, "b t"], site_fn: SiteFn = dense_site
     ) -> Float[Array, "b t v"]:
         weights = self.site_weights()
-        x = self.embed[...][tokens]
+        x = self.embed_tokens(tokens, site_fn)
         b, t, d = x.shape
         h = self.n_heads
         for i in range(self.n_layers):
@@ -93,4 +94,4 @@ class Llama(TokenLM):
             x = x + site("attn.o", causal_attention(q, k, v))
             m_in = rms_norm(x, norms[1])
             x = x + site("mlp.down", jax.nn.silu(site("mlp.gate", m_in)) * site("mlp.up", m_in))
-        return self.head(rms_norm(x, self.final_norm[...]))
+        return self.head(rms_norm(x, self.final_norm[...]), site_fn)

@@ -3,6 +3,10 @@ labels, causal attention, and the (optionally tied, optionally soft-capped) outp
 
 A subclass sets `SITE_KINDS` and creates `layers` (one nnx.Dict of site weights per layer),
 `embed`, `tied_head`, `logit_soft_cap` and, when the head is untied, `unembed`.
+
+Site order (S1.4), the forward's: `embed` (token ids -> d_model, read as one-hot rows), then per
+layer `layers.{i}.<kind>` in SITE_KINDS order, then `unembed` (d_model -> vocab; the embedding
+transposed when the head is tied: a site of its own all the same).
 """
 
 from __future__ import annotations
@@ -11,6 +15,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int
+
+from param_decomp.targets.base import SiteFn, dense_site
+
+INDEX_SITES = ("embed",)  # sites whose input is token ids (see targets.base.site_product)
 
 
 def soft_cap(logits: Float[Array, "*b vocab"], cap: float) -> Float[Array, "*b vocab"]:
@@ -35,13 +43,24 @@ def causal_attention(
 
 class TokenLM(nnx.Module):
     SITE_KINDS: tuple[str, ...] = ()
+    INDEX_SITES = INDEX_SITES
 
     def site_weights(self) -> dict[str, Float[Array, "d_in d_out"]]:
-        return {
-            f"layers.{i}.{k}": layer[k.replace(".", "_")][...]
-            for i, layer in enumerate(self.layers)
-            for k in self.SITE_KINDS
-        }
+        """Every linear matrix of the LM as a site, in forward order (module docstring)."""
+        weights = {"embed": self.embed[...]}
+        weights.update(
+            {
+                f"layers.{i}.{k}": layer[k.replace(".", "_")][...]
+                for i, layer in enumerate(self.layers)
+                for k in self.SITE_KINDS
+            }
+        )
+        weights["unembed"] = self.embed[...].T if self.tied_head else self.unembed[...]
+        return weights
+
+    def embed_tokens(self, tokens: Int[Array, "b t"], site_fn: SiteFn) -> Float[Array, "b t d"]:
+        """The `embed` site on token ids: a row lookup on the dense path."""
+        return site_fn("embed", tokens, self.embed[...])
 
     def batch_shape(self, tokens: Int[Array, "b t"]) -> tuple[int, ...]:
         return tuple(tokens.shape)
@@ -50,11 +69,19 @@ class TokenLM(nnx.Module):
         """Next-token labels; the last position has none (see `lm_objectives`)."""
         return tokens
 
-    def head(self, normed: Float[Array, "b t d"]) -> Float[Array, "b t v"]:
-        """Logits from the final normalised residual: embed^T when tied, then the soft-cap.
+    def head(
+        self, normed: Float[Array, "b t d"], site_fn: SiteFn = dense_site
+    ) -> Float[Array, "b t v"]:
+        """Logits from the final normalised residual through the `unembed` site (embed^T when
+        tied), then the soft-cap.
 
-        The product accumulates into float32 and the logits are float32 whatever the compute
-        dtype, so the soft-cap and every loss on them run in float32 (see `precision`)."""
+        On the dense path the product accumulates into float32 and the logits are float32
+        whatever the compute dtype, so the soft-cap and every loss on them run in float32 (see
+        `precision`); a decomposition's site function computes it as it computes every site."""
         weight = self.embed[...].T if self.tied_head else self.unembed[...]
-        logits = jnp.matmul(normed, weight, preferred_element_type=jnp.float32).astype(jnp.float32)
+        if site_fn is dense_site:
+            logits = jnp.matmul(normed, weight, preferred_element_type=jnp.float32)
+        else:
+            logits = site_fn("unembed", normed, weight)
+        logits = logits.astype(jnp.float32)
         return logits if self.logit_soft_cap is None else soft_cap(logits, self.logit_soft_cap)

@@ -19,6 +19,7 @@ from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, TargetConfig
 from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSource
 from param_decomp.decomposition.model import DecompositionModel
+from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
 from param_decomp.eval.fast_tier import fast_tier
 from param_decomp.eval.figures import write_figures
@@ -49,18 +50,12 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
-def _check_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: str) -> None:
-    unknown = [s for s in cfg.decomposition.sites if s not in weights]
-    if unknown:
-        raise ConfigError(
-            config_path,
-            [
-                (
-                    "decomposition.sites",
-                    f"unknown site(s) {unknown}; the target has {sorted(weights)}",
-                )
-            ],
-        )
+def _resolve_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: str) -> None:
+    """S1.4: every `decomposition.sites` entry resolves against the target, as a ConfigError."""
+    try:
+        resolve_sites(cfg.decomposition, list(weights))
+    except SiteError as err:
+        raise ConfigError(config_path, [("decomposition.sites", str(err))]) from None
 
 
 @dataclass
@@ -98,12 +93,17 @@ def build_session(
     else:
         raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
     weights = target.site_weights()
-    _check_sites(cfg, weights, config_path)
+    _resolve_sites(cfg, weights, config_path)
 
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
-    site_shapes = {s: tuple(weights[s].shape) for s in cfg.decomposition.sites}
-    model = DecompositionModel(cfg.decomposition, site_shapes, rngs=nnx.Rngs(params=cfg.seed))
+    site_shapes = {s: (int(w.shape[0]), int(w.shape[1])) for s, w in weights.items()}
+    model = DecompositionModel(
+        cfg.decomposition,
+        site_shapes,
+        rngs=nnx.Rngs(params=cfg.seed),
+        index_sites=getattr(target, "INDEX_SITES", ()),
+    )
     graphdef, params = nnx.split(model)
     target_graphdef, target_state = nnx.split(target)
     objective = Objective.from_terms(cfg.losses)
@@ -124,7 +124,6 @@ def build_session(
         optimizer,
         steps,
         plan,
-        cfg.decomposition.C,
         2,
         jax.random.key(cfg.seed),
         warmup,

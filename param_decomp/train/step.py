@@ -88,7 +88,7 @@ def objective_loss_and_sources(
     warmed-up sources (S6A.5), None without a persistent term."""
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
-    sources = objective.draw_sources(key, target.batch_shape(batch), model.site_names, model.C)
+    sources = objective.draw_sources(key, target.batch_shape(batch), model.site_names, model.site_C)
     ctx = objective.context(target, model, batch, sources, progress, adversary_sources)
     total, metrics = objective.evaluate(ctx)
     spec = objective.persistent
@@ -218,13 +218,12 @@ def place_and_jit(
     optimizer: optax.GradientTransformation,
     total_steps: int,
     plan: PlacementPlan,
-    C: int,
     batch_ndim: int,
     key: Array,
     warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
-    param_shardings = plan.decomposition_shardings(params, C)
+    param_shardings = plan.decomposition_shardings(params)
     target_shardings = plan.target_shardings(target_state)
     # from host copies: identical on every process, so this also places multi-process arrays
     params = jax.device_put(jax.tree.map(np.asarray, params), param_shardings)
@@ -232,11 +231,12 @@ def place_and_jit(
     if warmup is not None:
         warm = jax.jit(warmup, out_shardings=(param_shardings, plan.replicated()))
         params, _ = warm(params, target_state)
-    sites = tuple(nnx.merge(graphdef, params).site_names)
+    model = nnx.merge(graphdef, params)
+    sites, site_C = tuple(model.site_names), model.site_C
 
     def init(p: nnx.State) -> DecompState:
         return init_state(
-            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, C)
+            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, site_C)
         )
 
     abstract = jax.eval_shape(init, params)

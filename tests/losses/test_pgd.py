@@ -182,7 +182,6 @@ def _persistent_run(terms: tuple, mesh_cfg: Mesh = Mesh(data=1), n_devices: int 
         optax.adamw(1e-2),
         10,
         plan,
-        C,
         2,
         jax.random.key(7),
     )

@@ -95,7 +95,6 @@ def build_run(problem: tuple, mesh_cfg: Mesh, devices: list) -> tuple[CompiledSt
         optax.adamw(1e-2),
         N_STEPS,
         plan,
-        cfg.C,
         batches[0].ndim,
         jax.random.key(7),
     )
