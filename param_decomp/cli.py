@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run(args: argparse.Namespace) -> int:
     from param_decomp.config.loading import load_decompose_config, load_target_config
+    from param_decomp.train.loggers import check_logging_available
 
     folder = {
         "resume": getattr(args, "resume", False),
@@ -90,6 +91,7 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.targets.training import train_target
 
         cfg = load_target_config(args.config)
+        check_logging_available(cfg.logging, args.config)
         train_target(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "pretrain":
@@ -97,6 +99,7 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.targets.pretrain import pretrain
 
         cfg = load_pretrain_config(args.config)
+        check_logging_available(cfg.logging, args.config)
         pretrain(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "decompose":

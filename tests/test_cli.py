@@ -28,7 +28,10 @@ def test_every_subcommand_has_help(sub: str) -> None:
     assert out.returncode == 0 and "usage: param-decomp " + sub in out.stdout
 
 
-def test_decompose_writes_run_folder_table_and_figures(tmp_path: Path) -> None:
+def test_decompose_writes_run_folder_table_and_figures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
     out = _cli("decompose", str(TINY), "--runs-dir", str(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training it first" in out.stdout  # target trained and cached on first use
@@ -57,6 +60,9 @@ def test_decompose_writes_run_folder_table_and_figures(tmp_path: Path) -> None:
     assert (tmp_path / "targets" / "tms_tiny_target" / "checkpoints").is_dir()
     summary = json.loads((run / "eval.json").read_text())
     assert set(summary["alive"]) == {"linear1", "linear2"}
+    # S11.7: without a `logging` block nothing of wandb is written, neither in the run
+    # folders nor in $WANDB_DIR
+    assert [p for p in tmp_path.rglob("*") if "wandb" in p.name] == []
 
 
 def test_s11_1_nonfinite_loss_stops_with_step_and_term(tmp_path: Path) -> None:

@@ -24,6 +24,7 @@ from param_decomp.config.loading import (
 from param_decomp.config.schema import (
     Checkpointing,
     LMModel,
+    Logging,
     Mesh,
     NonNegFloat,
     Optimizer,
@@ -135,6 +136,7 @@ class PretrainConfig(StrictModel):
     objective: Objective = Objective()
     checkpointing: Checkpointing = Checkpointing()
     mesh: Mesh = Mesh()
+    logging: Logging = Logging()
 
     @property
     def seq_len(self) -> int:

@@ -109,6 +109,30 @@ class Optimizer(StrictModel):
     grad_clip_norm: PositiveFloat | None = None
 
 
+# ----------------------------------------------------------------------------- logging
+
+
+class WandbLogging(StrictModel):
+    """Also send a run's metrics and figures to Weights & Biases (metrics.jsonl is always
+    written); only process 0 logs. Needs the `wandb` extra."""
+
+    project: str = Field(min_length=1)
+    mode: Literal["online", "offline", "disabled"] = "online"
+    entity: str | None = Field(default=None, min_length=1)
+    dir: str | None = Field(
+        default=None,
+        min_length=1,
+        description="where wandb writes its files; omitted: $WANDB_DIR, else the run folder",
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = []
+
+
+class Logging(StrictModel):
+    """Where metrics go besides metrics.jsonl; an absent block means nowhere else."""
+
+    wandb: WandbLogging | None = None
+
+
 # ----------------------------------------------------------------------------- targets
 
 
@@ -200,6 +224,7 @@ class TargetConfig(StrictModel):
     data: SparseFeatureData
     train: TargetTraining
     checkpointing: Checkpointing = Field(default_factory=lambda: Checkpointing())
+    logging: Logging = Logging()
 
 
 # ----------------------------------------------------------------------------- decomposition
@@ -347,3 +372,4 @@ class DecomposeConfig(StrictModel):
     eval: Eval = Eval()
     mesh: Mesh = Mesh()
     checkpointing: Checkpointing = Checkpointing()
+    logging: Logging = Logging()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,14 @@ from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.pretrain import load_pretrained
 from param_decomp.targets.training import RUNS_DIR, load_or_train_target
+from param_decomp.train.loggers import MetricsLogger, NoLogger, check_logging_available
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.run_dir import prepare_run_dir
 from param_decomp.train.run_loop import (
     STOP,
     Job,
     is_main_process,
+    job_logging,
     run_job,
 )
 from param_decomp.train.step import DecompState, make_faithfulness_warmup, place_and_jit
@@ -232,24 +235,33 @@ def run_decompose(
     command = f"param-decomp decompose {config_path} --runs-dir {runs_dir}"
     # S13.4: a config that cannot fit is refused before its run folder is touched
     check_fits(cfg, load_any_config(cfg.target), config_path, jax.device_count())
-    with STOP.installed():
-        prepare_run_dir(
-            Path(runs_dir) / cfg.run_name, cfg.model_dump(mode="json"), resume, overwrite, command
+    check_logging_available(cfg.logging, config_path)
+    with ExitStack() as stack:
+        with STOP.installed():
+            prepare_run_dir(
+                Path(runs_dir) / cfg.run_name,
+                cfg.model_dump(mode="json"),
+                resume,
+                overwrite,
+                command,
+            )
+            session = build_session(cfg, config_path, runs_dir, show_progress, warm_up=not resume)
+            job = decompose_job(session, f"{command} --resume", show_progress)
+            # opened after the target exists: a target trained here logs (and closes) first
+            logger = stack.enter_context(job_logging(job, resume))
+            state, _ = run_job(job, resume, logger)
+        return finish_run(
+            cfg,
+            session.objective,
+            session.graphdef,
+            state,
+            session.target_graphdef,
+            session.target_state,
+            session.source,
+            session.run_dir,
+            show_progress,
+            logger,
         )
-        session = build_session(cfg, config_path, runs_dir, show_progress, warm_up=not resume)
-        job = decompose_job(session, f"{command} --resume", show_progress)
-        state, _ = run_job(job, resume)
-    return finish_run(
-        cfg,
-        session.objective,
-        session.graphdef,
-        state,
-        session.target_graphdef,
-        session.target_state,
-        session.source,
-        session.run_dir,
-        show_progress,
-    )
 
 
 def finish_run(
@@ -262,11 +274,14 @@ def finish_run(
     source: BatchSource,
     run_dir: Path,
     show_progress: bool,
+    logger: MetricsLogger | None = None,
 ) -> dict[str, Any]:
-    """Evaluate, print the summary table, write eval.json and the figures (process 0 only).
+    """Evaluate, print the summary table, write eval.json and the figures (process 0 only),
+    and send the end-of-run losses, alive counts and figures to `logger` (S11.7).
 
     Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
     """
+    logger = NoLogger() if logger is None else logger
     params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
     result = evaluate_decomposition(
         cfg, objective, graphdef, params, target_graphdef, target_state, source
@@ -291,10 +306,12 @@ def finish_run(
             "steps": cfg.train.steps,
         }
         (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
+        alive_counts = {f"eval/alive/{s}": float(n) for s, n in summary["alive"].items()}
+        logger.log_metrics(cfg.train.steps, result["losses"] | alive_counts)
         if cfg.eval.figures:
             V = {s: vu[0] for s, vu in result["VU"].items()}
             U = {s: vu[1] for s, vu in result["VU"].items()}
-            write_figures(
+            paths = write_figures(
                 run_dir,
                 result["figure_ci"],
                 V,
@@ -303,4 +320,5 @@ def finish_run(
                 ci_title=result["figure_title"],
                 ci_row_label=result["figure_rows"],
             )
+            logger.log_images(cfg.train.steps, {path.stem: path for path in paths})
     return result

@@ -22,6 +22,7 @@ RESUMABLE_CHANGES = (
     "train.eval_every",
     "eval",
     "checkpointing",
+    "logging",
 )
 
 

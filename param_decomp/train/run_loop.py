@@ -27,6 +27,7 @@ from jax.experimental import multihost_utils
 from tqdm import tqdm
 
 from param_decomp.train.checkpoint import RunCheckpoints, abstract_of
+from param_decomp.train.loggers import MetricsLogger, NoLogger, open_logger
 
 EXIT_NONFINITE = 1
 EXIT_USAGE = 2
@@ -175,9 +176,42 @@ def _rewind_metrics(path: Path, step: int) -> None:
     path.write_text("".join(line + "\n" for line in kept))
 
 
-def run_job(job: Job, resume: bool = False) -> tuple[Any, dict[str, float]]:
+def exit_code_of(err: BaseException) -> int:
+    """The exit code the CLI ends with when `err` ends the run."""
+    if isinstance(err, Preempted):
+        return EXIT_PREEMPTED
+    if isinstance(err, KeyboardInterrupt):
+        return EXIT_ABORTED
+    return EXIT_NONFINITE if isinstance(err, NonFiniteLossError) else 1
+
+
+@contextmanager
+def job_logging(job: Job, resume: bool) -> Iterator[MetricsLogger]:
+    """The extra logger the job's config asks for (process 0 only; S11.7), closed with the
+    exit code the run ends with."""
+    logger = open_logger(job.config, job.run_dir, resume) if is_main_process() else NoLogger()
+    try:
+        yield logger
+    except BaseException as err:
+        logger.close(exit_code_of(err))
+        raise
+    logger.close()
+
+
+def run_job(
+    job: Job, resume: bool = False, logger: MetricsLogger | None = None
+) -> tuple[Any, dict[str, float]]:
     """Train `job` to its last step (from its latest usable checkpoint with `resume`);
-    return the final state and the last logged record."""
+    return the final state and the last logged record. Records go to metrics.jsonl and to
+    `logger` (left open for the caller's end-of-run records); without one the job's config
+    chooses it and it is closed here."""
+    if logger is None:
+        with job_logging(job, resume) as owned:
+            return _train(job, resume, owned)
+    return _train(job, resume, logger)
+
+
+def _train(job: Job, resume: bool, logger: MetricsLogger) -> tuple[Any, dict[str, float]]:
     checkpoints = RunCheckpoints(job.run_dir / "checkpoints", job.keep)
     state, start = job.state, 0
     main = is_main_process()
@@ -214,6 +248,7 @@ def run_job(job: Job, resume: bool = False) -> tuple[Any, dict[str, float]]:
         if metrics_file is not None:
             metrics_file.write(json.dumps(values) + "\n")
             metrics_file.flush()
+        logger.log_metrics(values["step"], {k: v for k, v in values.items() if k != "step"})
         if job.print_lines and job.show_progress and main:
             shown = "  ".join(f"{k} {v:.4f}" for k, v in values.items() if k != "step")
             print(f"{job.name} step {values['step']:>6d}/{job.steps}  {shown}", flush=True)
