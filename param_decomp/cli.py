@@ -1,4 +1,4 @@
-"""`param-decomp` command line: train-target, pretrain, decompose, check-goldens.
+"""`param-decomp` command line: train-target, pretrain, study, decompose, check-goldens.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -61,6 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_folder_args(p)
 
     p = sub.add_parser(
+        "study",
+        help="run a grid of pretraining runs (cells x seeds) not yet done and write it up",
+    )
+    p.add_argument("config", help="study YAML, e.g. configs/studies/objectives.yaml")
+    p.add_argument("--runs-dir", default="runs", help="where results and caches go (default: runs)")
+    p.add_argument(
+        "--render-only", action="store_true", help="run nothing; render the runs that are done"
+    )
+    p.add_argument("--quiet", action="store_true", help="one line per run, not per log step")
+
+    p = sub.add_parser(
         "decompose", help="decompose a target's weights (trains the target if missing)"
     )
     p.add_argument("config", help="decomposition YAML, e.g. configs/tms_5-2.yaml")
@@ -101,6 +112,17 @@ def _run(args: argparse.Namespace) -> int:
         cfg = load_pretrain_config(args.config)
         check_logging_available(cfg.logging, args.config)
         pretrain(cfg, Path(args.runs_dir), config_path=args.config, **folder)
+        return 0
+    if args.command == "study":
+        from param_decomp.study.grid import run_grid
+        from param_decomp.study.render import render
+        from param_decomp.study.schema import load_study
+
+        study = load_study(args.config)
+        if not args.render_only:
+            run_grid(study, Path(args.runs_dir), show_progress=not args.quiet)
+        md, plot = render(study, Path(args.runs_dir))
+        print(f"study {study.config.name}: wrote {md} and {plot}")
         return 0
     if args.command == "decompose":
         _init_distributed(args)

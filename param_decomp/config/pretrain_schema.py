@@ -186,7 +186,12 @@ def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
 @config_boundary
 def load_pretrain_config(path: str | Path) -> PretrainConfig:
     """Validated pretrain config; every problem is a ConfigError naming the file and key."""
-    data = read_yaml(path)
+    return pretrain_config_from_data(read_yaml(path), path)
+
+
+def pretrain_config_from_data(data: dict, path: str | Path) -> PretrainConfig:
+    """`data` (a parsed pretrain YAML mapping) validated, with the tokenizer and corpus checks;
+    problems are a ConfigError naming `path` and the dotted key."""
     try:
         cfg = PretrainConfig.model_validate(data, context={_DEFER_CROSS_CHECKS: True})
     except pydantic.ValidationError as err:

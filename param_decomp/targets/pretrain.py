@@ -109,12 +109,16 @@ def pretrain(
     overwrite: bool = False,
     config_path: str = "CONFIG",
     devices: list[jax.Device] | None = None,
+    run_dir: Path | None = None,
 ) -> Llama | GPT2:
     """Train from cfg.seed's init on the corpus's train windows (through the grain pipeline),
     in the shared run loop: metrics, periodic checkpoints (items `model` and `training`, with
-    the pipeline position), resume and signals; the final step's `model` is the target."""
+    the pipeline position), resume and signals; the final step's `model` is the target.
+
+    The run folder is `run_dir` if given (a study's disposable runs), else the cached target's
+    `pretrain_dir`; tokenizers and token files are always cached under `runs_dir`."""
     seq_len = cfg.seq_len
-    out_dir = pretrain_dir(cfg, runs_dir)
+    out_dir = pretrain_dir(cfg, runs_dir) if run_dir is None else Path(run_dir)
     command = f"param-decomp pretrain {config_path} --runs-dir {runs_dir}"
     with STOP.installed():
         mesh = _pretrain_mesh(cfg, config_path, devices)
