@@ -92,7 +92,7 @@ def run_one(study: Study, run: PlannedRun, runs_dir: Path, show_progress: bool) 
         "commit": commit(),
         "machine": machine(),
     }
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     try:
         pretrain(
             cfg,
@@ -107,6 +107,10 @@ def run_one(study: Study, run: PlannedRun, runs_dir: Path, show_progress: bool) 
         record["status"] = "diverged"
         record["error"] = str(err)
     record["train_wall_s"] = time.perf_counter() - start
+    # CPU seconds of this process (all its threads): on a machine shared with other work the
+    # wall time grows with the load, the CPU time much less, so both are kept
+    record["train_cpu_s"] = time.process_time() - cpu_start
+    record["load_average_1m_at_end"] = os.getloadavg()[0]
     history = _history(folder / "metrics.jsonl")
     record["history"] = history
     if record["status"] == "done":

@@ -53,9 +53,25 @@ def _provenance(results: list[CellResult]) -> list[str]:
             sources.setdefault(f"{sha}; machine: {where}", []).append(
                 f"{record['cell']}/{record['seed']}"
             )
+    loads = [
+        r["load_average_1m_at_end"]
+        for result in results
+        for r in result.records
+        if "load_average_1m_at_end" in r
+    ]
+    load = (
+        [
+            f"- 1-minute load average at the end of each run: {min(loads):.1f} to "
+            f"{max(loads):.1f} (above the core count, other work shared the machine: compare "
+            "the CPU seconds, which depend much less on the load than the wall seconds)."
+        ]
+        if loads
+        else []
+    )
     if len(sources) == 1:
-        return [f"- Numbers from {next(iter(sources))}."]
-    return [f"- Numbers from {src}: runs {', '.join(runs)}." for src, runs in sources.items()]
+        return [f"- Numbers from {next(iter(sources))}.", *load]
+    lines = [f"- Numbers from {src}: runs {', '.join(runs)}." for src, runs in sources.items()]
+    return lines + load
 
 
 def _setup(study: Study, results: list[CellResult]) -> list[str]:
@@ -102,15 +118,16 @@ def _mean_std(s: Spread | None) -> str:
 def _results_table(results: list[CellResult]) -> list[str]:
     lines = [
         "| cell | objective | val bpb mean ± std | min–max | per seed (seed: bpb) "
-        "| val CE nats/token (mean) | wall s (mean) |",
-        "|---|---|---|---|---|---|---|",
+        "| val CE nats/token (mean) | wall s (mean) | CPU s (mean) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         span = "—" if r.bpb is None else f"{r.bpb.lo:.4f}–{r.bpb.hi:.4f}"
         lines.append(
             f"| `{r.cell.name}`{' (baseline)' if r.cell.baseline else ''} | {r.objective} "
             f"| {_mean_std(r.bpb)} | {span} | {_per_seed(r)} "
-            f"| {_fmt(r.ce.mean if r.ce else None)} | {_fmt(r.wall.mean if r.wall else None, 0)} |"
+            f"| {_fmt(r.ce.mean if r.ce else None)} | {_fmt(r.wall.mean if r.wall else None, 0)} "
+            f"| {_fmt(r.cpu.mean if r.cpu else None, 0)} |"
         )
     return lines
 

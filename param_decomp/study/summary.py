@@ -55,6 +55,7 @@ class CellResult:
     bpb: Spread | None
     ce: Spread | None
     wall: Spread | None
+    cpu: Spread | None
     curve: Curve | None
 
 
@@ -128,6 +129,7 @@ def summarise(study: Study, runs_dir: Path) -> list[CellResult]:
                 bpb=Spread.of([r["final_val_bpb"] for r in finished]),
                 ce=Spread.of([r["final_val_ce_nats"] for r in finished]),
                 wall=Spread.of([r["train_wall_s"] for r in finished]),
+                cpu=Spread.of([r["train_cpu_s"] for r in finished if "train_cpu_s" in r]),
                 curve=_curve(finished),
             )
         )
