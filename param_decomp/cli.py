@@ -149,6 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     (README: Reliability), never a traceback."""
     from param_decomp.config.errors import ConfigError
     from param_decomp.data.tokenizers import DataError
+    from param_decomp.targets.hf.errors import HFCheckpointError
     from param_decomp.train.checkpoint import CheckpointError
     from param_decomp.train.run_dir import RunDirError
     from param_decomp.train.run_loop import (
@@ -168,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:  # bad corpus or tokenizer file: name it, no traceback
         print(f"data error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (RunDirError, CheckpointError) as err:
+    except (RunDirError, CheckpointError, HFCheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as err:

@@ -101,8 +101,35 @@ def _tags(member: Any, disc: str) -> list[str]:
     return []
 
 
+def _member_tag(member: Any) -> str | None:
+    """The `Tag` of a union member chosen by a callable `Discriminator`, if it has one."""
+    while typing.get_origin(member) is Annotated:
+        for meta in member.__metadata__:
+            if isinstance(meta, pydantic.Tag):
+                return meta.tag
+        member = member.__origin__
+    return None
+
+
+def _callable_tagged(tp: Any) -> dict[str, Any] | None:
+    """{tag: member} of a union whose members carry a `Tag` (the union is chosen by a callable
+    `Discriminator`, and pydantic puts the tag in the error loc); an optional one is looked
+    into. None otherwise."""
+    tp, _ = _strip(tp)
+    members = _union_members(tp)
+    if members is None:
+        return None
+    tagged = {tag: m for m in members if (tag := _member_tag(m)) is not None}
+    if not tagged and len(members) == 1:
+        return _callable_tagged(members[0])
+    return tagged or None
+
+
 def _tagged_members(tp: Any) -> tuple[str, dict[str, Any]] | None:
     """For a discriminated union: (discriminator, {tag: member}); None for other types."""
+    by_callable = _callable_tagged(tp)
+    if by_callable is not None:
+        return "", by_callable
     tp, disc = _strip(tp)
     members = _union_members(tp)
     if not members or len(members) < 2 and disc is None:

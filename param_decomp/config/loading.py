@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
-from param_decomp.config.schema import DecomposeConfig, Mesh, TargetConfig
+from param_decomp.config.schema import DecomposeConfig, HFTarget, Mesh, TargetConfig
 
 # Limits on what a config file may hold; real configs are a few KB, four levels deep.
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -282,17 +282,41 @@ def load_target_config(path: str | Path) -> TargetConfig:
 # ----------------------------------------------------------------------------- decompositions
 
 
-def _resolve_target(target: str, config_path: Path) -> Path | None:
-    """The target YAML: relative to the working directory first, then to the config's folder.
+def _resolve_target(target: str, config_path: Path, folder: bool = False) -> Path | None:
+    """The target YAML (or, with `folder`, an hf model folder): relative to the working
+    directory first, then to the config's folder.
 
     Raises one of PATH_CHECK_ERRORS when a candidate cannot even be looked at.
     """
     given = Path(target).expanduser()
     candidates = [given] if given.is_absolute() else [given, config_path.parent / given]
     for candidate in candidates:
-        if candidate.is_file():
+        if candidate.is_dir() if folder else candidate.is_file():
             return candidate.resolve()
     return None
+
+
+def _hf_folder_problems(hf: str, config_path: Path) -> tuple[Path | None, list[tuple[str, str]]]:
+    """(resolved folder, problems) of `target: {hf: ...}`: it must be a folder holding
+    config.json (S17.1); the rest of the checkpoint is checked when the target is read."""
+    try:
+        resolved = _resolve_target(hf, config_path, folder=True)
+        if resolved is None:
+            where = str(config_path.parent) or "."
+            msg = (
+                f"folder {short_repr(hf, 200)} not found (looked in the working directory "
+                f"and in {where}/)"
+            )
+            return None, [("target.hf", msg)]
+        if not (resolved / "config.json").is_file():
+            msg = (
+                f"folder {resolved} has no config.json (a Hugging Face model folder holds "
+                "config.json and *.safetensors)"
+            )
+            return None, [("target.hf", msg)]
+    except PATH_CHECK_ERRORS as err:
+        return None, [("target.hf", path_check_problem(hf, err))]
+    return resolved, []
 
 
 def _validate_terms(adapter: Any, raw_losses: list) -> tuple[list[Any], list[tuple[str, str]]]:
@@ -351,14 +375,23 @@ def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
         except PATH_CHECK_ERRORS as err:
             problems.append(("target", path_check_problem(target, err)))
 
+    hf_folder: Path | None = None
+    if isinstance(target, dict) and isinstance(target.get("hf"), str) and target["hf"]:
+        hf_folder, hf_problems = _hf_folder_problems(target["hf"], Path(path))
+        problems += hf_problems
+
     if problems or cfg is None:
         raise ConfigError(path, problems or [("", "invalid config")])
+    if isinstance(cfg.target, HFTarget):
+        hf_target = cfg.target.model_copy(update={"hf": str(hf_folder)})
+        return cfg.model_copy(update={"losses": terms, "target": hf_target})
     return cfg.model_copy(update={"losses": terms, "target": str(resolved)})
 
 
 @config_boundary
 def load_decompose_config(path: str | Path) -> DecomposeConfig:
-    """Validated `decompose` config: `losses` holds term objects, `target` an existing path."""
+    """Validated `decompose` config: `losses` holds term objects, `target` an existing path
+    (a target YAML, or an hf block whose `hf` is a folder holding config.json)."""
     return _decompose_from_data(read_yaml(path), path)
 
 

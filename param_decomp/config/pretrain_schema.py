@@ -22,6 +22,10 @@ from param_decomp.config.loading import (
     short_repr,
 )
 from param_decomp.config.schema import (
+    DEFAULT_CORPUS as DEFAULT_CORPUS,  # re-exported: the corpus and tokenizer blocks live in schema
+)
+from param_decomp.config.schema import (
+    TOKENIZER_VOCAB,
     Checkpointing,
     LMModel,
     Logging,
@@ -29,60 +33,14 @@ from param_decomp.config.schema import (
     NonNegFloat,
     Optimizer,
     RunName,
+    SentencePieceSpec,
     StrictModel,
+    TextData,
 )
-
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
-
-# Vocabulary size of the fixed tokenizers; a sentencepiece tokenizer states its own.
-TOKENIZER_VOCAB = {"byte": 256}
 
 # Validation context key: the loader runs the cross-block checks itself so each problem is
 # reported under its own dotted key instead of one root-level message.
 _DEFER_CROSS_CHECKS = "defer_cross_checks"
-
-
-class SentencePieceSpec(StrictModel):
-    """A sentencepiece tokenizer: trained in-process on the train text (`vocab_size`, with
-    `model_type` and `byte_fallback`), or an existing `.model` file (`model`)."""
-
-    kind: Literal["sentencepiece"]
-    vocab_size: PositiveInt | None = None
-    model_type: Literal["bpe", "unigram"] = "bpe"
-    byte_fallback: bool = True
-    model: str | None = Field(default=None, min_length=1)
-
-    @model_validator(mode="after")
-    def _trained_or_file(self) -> SentencePieceSpec:
-        if (self.vocab_size is None) == (self.model is None):
-            raise ValueError(
-                "give either vocab_size (train a model on the corpus) or model (a .model file)"
-            )
-        if self.model is not None and {"model_type", "byte_fallback"} & self.model_fields_set:
-            raise ValueError("model_type and byte_fallback only apply to a trained model")
-        return self
-
-
-class TextData(StrictModel):
-    """Where the text comes from and how it is cut into training windows."""
-
-    corpus: str = Field(default=str(DEFAULT_CORPUS), min_length=1)
-    tokenizer: Literal["byte"] | SentencePieceSpec = "byte"
-    seq_len: PositiveInt | None = Field(
-        default=None, description="training context; omitted means model.seq_len"
-    )
-    documents: Literal["file", "blank_lines"] = Field(
-        default="file",
-        description="a plain-text file is one document, or one per blank-line-separated block",
-    )
-    text_field: str = Field(
-        default="text", min_length=1, description="the JSONL field / parquet column of the text"
-    )
-    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
-    max_val_windows: PositiveInt = 512
-    prefetch: PositiveInt = Field(
-        default=4, description="training batches read ahead (the data pipeline's memory bound)"
-    )
 
 
 class Objective(StrictModel):

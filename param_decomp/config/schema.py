@@ -9,15 +9,18 @@ this file.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
     PositiveFloat,
     PositiveInt,
+    Tag,
     field_validator,
     model_validator,
 )
@@ -85,6 +88,56 @@ class SparseFeatureData(StrictModel):
         if not lo < hi:
             raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
         return value
+
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
+
+# Vocabulary size of the fixed tokenizers; a sentencepiece tokenizer states its own.
+TOKENIZER_VOCAB = {"byte": 256}
+
+
+class SentencePieceSpec(StrictModel):
+    """A sentencepiece tokenizer: trained in-process on the train text (`vocab_size`, with
+    `model_type` and `byte_fallback`), or an existing `.model` file (`model`)."""
+
+    kind: Literal["sentencepiece"]
+    vocab_size: PositiveInt | None = None
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    byte_fallback: bool = True
+    model: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _trained_or_file(self) -> SentencePieceSpec:
+        if (self.vocab_size is None) == (self.model is None):
+            raise ValueError(
+                "give either vocab_size (train a model on the corpus) or model (a .model file)"
+            )
+        if self.model is not None and {"model_type", "byte_fallback"} & self.model_fields_set:
+            raise ValueError("model_type and byte_fallback only apply to a trained model")
+        return self
+
+
+class TextData(StrictModel):
+    """Where the text comes from and how it is cut into training windows."""
+
+    corpus: str = Field(default=str(DEFAULT_CORPUS), min_length=1)
+    tokenizer: Literal["byte"] | SentencePieceSpec = "byte"
+    seq_len: PositiveInt | None = Field(
+        default=None,
+        description="training context; omitted means model.seq_len (an hf target: HF_WINDOW)",
+    )
+    documents: Literal["file", "blank_lines"] = Field(
+        default="file",
+        description="a plain-text file is one document, or one per blank-line-separated block",
+    )
+    text_field: str = Field(
+        default="text", min_length=1, description="the JSONL field / parquet column of the text"
+    )
+    val_fraction: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.1
+    max_val_windows: PositiveInt = 512
+    prefetch: PositiveInt = Field(
+        default=4, description="training batches read ahead (the data pipeline's memory bound)"
+    )
 
 
 # ----------------------------------------------------------------------------- schedules
@@ -172,17 +225,77 @@ class _LMFields(StrictModel):
     )
 
 
+class LinearRopeScaling(StrictModel):
+    """RoPE position interpolation: every frequency divided by `factor`."""
+
+    type: Literal["linear"]
+    factor: PositiveFloat
+
+
+class Llama3RopeScaling(StrictModel):
+    """Llama 3.1's RoPE frequency scaling (S17.3): long wavelengths divided by `factor`, short
+    ones kept, the band between blended smoothly."""
+
+    type: Literal["llama3"]
+    factor: PositiveFloat
+    low_freq_factor: PositiveFloat = 1.0
+    high_freq_factor: PositiveFloat = 4.0
+    original_max_position_embeddings: PositiveInt = 8192
+
+    @model_validator(mode="after")
+    def _band_ordered(self) -> Llama3RopeScaling:
+        if not self.low_freq_factor < self.high_freq_factor:
+            raise ValueError(
+                f"low_freq_factor ({self.low_freq_factor}) must be below high_freq_factor "
+                f"({self.high_freq_factor})"
+            )
+        return self
+
+
+RopeScaling = Annotated[LinearRopeScaling | Llama3RopeScaling, Field(discriminator="type")]
+
+
 class LlamaModel(_LMFields):
-    """Small Llama-style causal LM: RMSNorm, RoPE attention, SwiGLU MLP."""
+    """Llama-style causal LM: RMSNorm, RoPE attention, SwiGLU MLP.
+
+    The optional attention fields describe Hugging Face Llama / Qwen3 checkpoints (S17); their
+    defaults are the project's own small Llama (one K/V head per query head, head size
+    d_model / n_heads, RoPE base 10000 unscaled, RMSNorm eps 1e-6, no q/k norm)."""
 
     type: Literal["llama"]
     tied_head: bool = Field(default=False, description="logits from the embedding transposed")
+    n_kv_heads: PositiveInt | None = Field(
+        default=None, description="K/V heads (grouped-query attention); omitted means n_heads"
+    )
+    head_dim: PositiveInt | None = Field(
+        default=None, description="size of one head; omitted means d_model / n_heads"
+    )
+    rope_theta: PositiveFloat = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: PositiveFloat = 1e-6
+    qk_norm: bool = Field(
+        default=False, description="RMSNorm of every query and key head before RoPE (Qwen3)"
+    )
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim or self.d_model // self.n_heads
 
     @model_validator(mode="after")
     def _heads_divide(self) -> LlamaModel:
-        if self.d_model % self.n_heads or (self.d_model // self.n_heads) % 2:
+        if self.head_dim is None and (self.d_model % self.n_heads or self.head_size % 2):
             raise ValueError(
                 f"d_model ({self.d_model}) must be n_heads ({self.n_heads}) times an even head size"
+            )
+        if self.head_size % 2:
+            raise ValueError(f"head_dim ({self.head_size}) must be even (RoPE rotates pairs)")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(
+                f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})"
             )
         return self
 
@@ -192,6 +305,7 @@ class GPT2Model(_LMFields):
 
     type: Literal["gpt2"]
     tied_head: bool = Field(default=True, description="logits from the embedding transposed")
+    layer_norm_eps: PositiveFloat = 1e-5
 
     @model_validator(mode="after")
     def _heads_divide(self) -> GPT2Model:
@@ -359,17 +473,72 @@ class Checkpointing(StrictModel):
     keep: PositiveInt = 2
 
 
+class HFTarget(StrictModel):
+    """A local Hugging Face-format model folder (config.json + *.safetensors) as the target
+    (S17): Llama, Qwen3 or GPT-2, its weights held in `dtype`."""
+
+    hf: str = Field(min_length=1, description="the model folder; nothing is downloaded")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32", description="dtype the weights are held in (F32, BF16, F16 files)"
+    )
+
+
+def _target_kind(value: Any) -> str:
+    """`target:` is a target YAML path (a string) or an `{hf: ...}` block."""
+    return "hf_checkpoint" if isinstance(value, dict | HFTarget) else "target_file"
+
+
+def _data_kind(value: Any) -> str:
+    """`data:` holds sparse features (a toy target) or text (an hf target); the two blocks share
+    no key, so the keys given decide."""
+    if isinstance(value, SparseFeatureData):
+        return "sparse_features"
+    if isinstance(value, dict) and set(value) & set(SparseFeatureData.model_fields):
+        return "sparse_features"
+    return "text"
+
+
+TargetSource = Annotated[
+    Annotated[str, Tag("target_file"), Field(min_length=1)]
+    | Annotated[HFTarget, Tag("hf_checkpoint")],
+    Discriminator(_target_kind),
+    Field(description="path of the target's YAML config, or {hf: model folder}"),
+]
+DecomposeData = Annotated[
+    Annotated[SparseFeatureData, Tag("sparse_features")] | Annotated[TextData, Tag("text")],
+    Discriminator(_data_kind),
+]
+
+
 class DecomposeConfig(StrictModel):
     """`param-decomp decompose` config."""
 
     run_name: RunName
     seed: int = 0
-    target: str = Field(min_length=1, description="path of the target's YAML config")
+    target: TargetSource
     decomposition: Decomposition
     losses: list[Any] = Field(min_length=1)  # validated against the loss registry at load
     train: DecomposeTraining
-    data: SparseFeatureData | None = None
+    data: DecomposeData | None = Field(
+        default=None,
+        description="sparse features overriding a toy target's, or the text an hf target reads",
+    )
     eval: Eval = Eval()
     mesh: Mesh = Mesh()
     checkpointing: Checkpointing = Checkpointing()
     logging: Logging = Logging()
+
+    @model_validator(mode="after")
+    def _data_fits_target(self) -> DecomposeConfig:
+        hf = isinstance(self.target, HFTarget)
+        if hf and isinstance(self.data, SparseFeatureData):
+            raise ValueError(
+                "data: an hf target reads text: give a text block (corpus, tokenizer, seq_len, "
+                "...), not sparse features"
+            )
+        if not hf and isinstance(self.data, TextData):
+            raise ValueError(
+                "data: a text block only applies to an `hf:` target; a target file brings its "
+                "own data (a toy target's sparse features may be overridden here)"
+            )
+        return self

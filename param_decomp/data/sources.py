@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -18,8 +18,7 @@ import numpy as np
 from jax.sharding import Sharding
 from jaxtyping import Array
 
-from param_decomp.config.pretrain_schema import PretrainConfig
-from param_decomp.config.schema import SparseFeatureData
+from param_decomp.config.schema import SparseFeatureData, TextData
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
 from param_decomp.data.token_store import CACHE_ROOT, prepare_tokens
@@ -70,12 +69,23 @@ class SparseFeatureSource:
         )
 
 
+class TextSpec(Protocol):
+    """What a text source reads: a pretrain config, or an hf target with its `data:` block."""
+
+    @property
+    def data(self) -> TextData: ...
+
+    @property
+    def seq_len(self) -> int: ...
+
+
 @dataclass
 class TextSource:
-    """Windows of the target's pretraining corpus through the grain pipeline (S12.5): the
-    train split for training, fixed val windows for evaluation and the probe."""
+    """Windows of the target's pretraining corpus (or an hf target's `data:` text) through the
+    grain pipeline (S12.5): the train split for training, fixed val windows for evaluation and
+    the probe."""
 
-    pretrain: PretrainConfig
+    pretrain: TextSpec
     batch_size: int
     seed: int
     sharding: Sharding | None = None

@@ -43,6 +43,8 @@ from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.sharding.mesh import AXES
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.build import build_target
+from param_decomp.targets.hf.config_map import HFTargetSpec
+from param_decomp.targets.hf.load import abstract_hf_target
 from param_decomp.targets.pretrain import build_llama
 from param_decomp.targets.token_lm import INDEX_SITES
 from param_decomp.train.optimizer import make_optimizer
@@ -132,8 +134,14 @@ def _tree_bytes(tree: Any, shardings: Any) -> int:
     return sum((_shard_bytes(leaf, s) for leaf, s in zip(leaves, shards, strict=True)), 0)
 
 
-def _abstract_target(target_cfg: TargetConfig | PretrainConfig) -> tuple[Any, dict[str, Any]]:
+TargetSpec = TargetConfig | PretrainConfig | HFTargetSpec
+
+
+def _abstract_target(target_cfg: TargetSpec) -> tuple[Any, dict[str, Any]]:
     """(abstract full target state, abstract site weights) without building any array."""
+    if isinstance(target_cfg, HFTargetSpec):  # its state in the dtype it is loaded in
+        graphdef, state = abstract_hf_target(target_cfg)
+        return state, jax.eval_shape(lambda s: nnx.merge(graphdef, s).site_weights(), state)
 
     def build() -> Any:
         if isinstance(target_cfg, PretrainConfig):
@@ -147,12 +155,13 @@ def _abstract_target(target_cfg: TargetConfig | PretrainConfig) -> tuple[Any, di
     return jax.eval_shape(state_and_sites)
 
 
-def _lm_fields(target_cfg: TargetConfig | PretrainConfig) -> tuple[int, int, int] | None:
+def _lm_fields(target_cfg: TargetSpec) -> tuple[int, int, int] | None:
     """(tokens per batch row, vocab size, heads) of an LM target; None for a toy target."""
     model = target_cfg.model
     if not isinstance(model, LlamaModel | GPT2Model):
         return None
-    seq_len = target_cfg.seq_len if isinstance(target_cfg, PretrainConfig) else model.seq_len
+    windowed = isinstance(target_cfg, PretrainConfig | HFTargetSpec)
+    seq_len = target_cfg.seq_len if windowed else model.seq_len
     return seq_len, model.vocab_size, model.n_heads
 
 
@@ -192,7 +201,7 @@ def activation_bytes(
 
 
 def estimate_decomposition_bytes(
-    cfg: DecomposeConfig, target_cfg: TargetConfig | PretrainConfig, n_devices: int
+    cfg: DecomposeConfig, target_cfg: TargetSpec, n_devices: int
 ) -> MemoryEstimate:
     """Per-device bytes of the decomposition `cfg` of `target_cfg` on `n_devices` devices,
     from shapes only (nothing is allocated, the target is neither loaded nor trained).
@@ -281,7 +290,7 @@ def check_fits(
     `limit` defaults to `device_memory_bytes()`; with no known limit nothing is refused. A
     config whose target is not a target config is left to the caller to report (returns None).
     """
-    if not isinstance(target_cfg, TargetConfig | PretrainConfig):
+    if not isinstance(target_cfg, TargetSpec):
         return None
     try:
         est = estimate_decomposition_bytes(cfg, target_cfg, n_devices)

@@ -29,3 +29,9 @@ def build_target(cfg: TargetConfig) -> TMS | ResidMLP | Llama | GPT2:
     if isinstance(model, GPT2Model):
         return GPT2(model, rngs=rngs)
     raise TypeError(f"unknown target model {type(model).__name__}")
+
+
+def build_lm(model: LlamaModel | GPT2Model, seed: int = 0) -> Llama | GPT2:
+    """The LM of an LM config, randomly initialised (its weights are then loaded or trained)."""
+    rngs = nnx.Rngs(params=seed)
+    return GPT2(model, rngs=rngs) if isinstance(model, GPT2Model) else Llama(model, rngs=rngs)

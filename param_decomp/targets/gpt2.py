@@ -41,6 +41,7 @@ class GPT2(TokenLM):
         self.n_layers = cfg.n_layers
         self.logit_soft_cap = cfg.logit_soft_cap
         self.tied_head = cfg.tied_head
+        self.layer_norm_eps = cfg.layer_norm_eps
         d, f, v = cfg.d_model, cfg.d_mlp, cfg.vocab_size
         shapes = {
             "attn.q": (d, d),
@@ -94,12 +95,12 @@ class GPT2(TokenLM):
                 return site_fn(name, inp, weights[name]) + bias[k.replace(".", "_")][...]
 
             n = self.norms[i][...]
-            a_in = layer_norm(x, n[0], n[1])
+            a_in = layer_norm(x, n[0], n[1], self.layer_norm_eps)
             q = site("attn.q", a_in).reshape(b, t, h, d // h)
             k = site("attn.k", a_in).reshape(b, t, h, d // h)
             v = site("attn.v", a_in).reshape(b, t, h, d // h)
             x = x + site("attn.o", causal_attention(q, k, v))
-            m_in = layer_norm(x, n[2], n[3])
+            m_in = layer_norm(x, n[2], n[3], self.layer_norm_eps)
             x = x + site("mlp.proj", jax.nn.gelu(site("mlp.fc", m_in)))
         fn = self.final_norm[...]
-        return self.head(layer_norm(x, fn[0], fn[1]), site_fn)
+        return self.head(layer_norm(x, fn[0], fn[1], self.layer_norm_eps), site_fn)

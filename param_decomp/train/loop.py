@@ -13,11 +13,12 @@ import jax
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
+from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import check_mesh, load_any_config
 from param_decomp.config.pretrain_schema import PretrainConfig
-from param_decomp.config.schema import DecomposeConfig, TargetConfig
+from param_decomp.config.schema import DecomposeConfig, HFTarget, TargetConfig
 from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSource
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
@@ -29,6 +30,8 @@ from param_decomp.objective import Objective
 from param_decomp.sharding.memory_fit import check_fits
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
+from param_decomp.targets.hf.config_map import HFTargetSpec, data_problems, hf_target_spec
+from param_decomp.targets.hf.load import checked_sources, load_hf_target
 from param_decomp.targets.pretrain import load_pretrained
 from param_decomp.targets.training import RUNS_DIR, load_or_train_target
 from param_decomp.train.loggers import MetricsLogger, NoLogger, check_logging_available
@@ -61,6 +64,20 @@ def _resolve_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: s
         raise ConfigError(config_path, [("decomposition.sites", str(err))]) from None
 
 
+def load_target_config(cfg: DecomposeConfig, config_path: str) -> BaseModel | HFTargetSpec:
+    """The target's own config: its YAML file, or for `target: {hf: folder}` the folder's
+    config.json as an LM config with the decomposition's text `data:` block (S17.1), its
+    tensors checked from their headers (S17.6)."""
+    if isinstance(cfg.target, HFTarget):
+        spec = hf_target_spec(cfg.target, cfg.data)
+        problems = data_problems(spec)
+        if problems:
+            raise ConfigError(config_path, problems)
+        checked_sources(spec)
+        return spec
+    return load_any_config(cfg.target)
+
+
 @dataclass
 class Session:
     """Everything a decomposition run needs, built (and validated) before the first step."""
@@ -87,19 +104,21 @@ def build_session(
     """Load/train the target, check sites and mesh, place arrays, warm up (unless resuming:
     the checkpoint replaces the warmed-up params), jit the step."""
     check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
-    target_cfg = load_any_config(cfg.target)
+    target_cfg = load_target_config(cfg, config_path)
     check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
-    if isinstance(target_cfg, PretrainConfig):
-        target = load_pretrained(target_cfg, runs_dir, cfg.target)
+    mesh = build_mesh(cfg.mesh)
+    plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
+    if isinstance(target_cfg, HFTargetSpec):  # read straight into its shardings (S17.5)
+        target = load_hf_target(target_cfg, plan.target_shardings)
+    elif isinstance(target_cfg, PretrainConfig):
+        target = load_pretrained(target_cfg, runs_dir, str(cfg.target))
     elif isinstance(target_cfg, TargetConfig):
-        target = load_or_train_target(target_cfg, runs_dir, cfg.target)
+        target = load_or_train_target(target_cfg, runs_dir, str(cfg.target))
     else:
         raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
     weights = target.site_weights()
     _resolve_sites(cfg, weights, config_path)
 
-    mesh = build_mesh(cfg.mesh)
-    plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
     site_shapes = {s: (int(w.shape[0]), int(w.shape[1])) for s, w in weights.items()}
     model = DecompositionModel(
         cfg.decomposition,
@@ -131,7 +150,7 @@ def build_session(
         jax.random.key(cfg.seed),
         warmup,
     )
-    if isinstance(target_cfg, PretrainConfig):
+    if isinstance(target_cfg, PretrainConfig | HFTargetSpec):
         source: BatchSource = TextSource(
             target_cfg,
             cfg.train.batch_size,
@@ -234,7 +253,7 @@ def run_decompose(
     returns the evaluation dict (also written to disk)."""
     command = f"param-decomp decompose {config_path} --runs-dir {runs_dir}"
     # S13.4: a config that cannot fit is refused before its run folder is touched
-    check_fits(cfg, load_any_config(cfg.target), config_path, jax.device_count())
+    check_fits(cfg, load_target_config(cfg, config_path), config_path, jax.device_count())
     check_logging_available(cfg.logging, config_path)
     with ExitStack() as stack:
         with STOP.installed():

@@ -209,6 +209,15 @@ class CompiledStep:
     batch_sharding: NamedSharding
 
 
+def _placed(leaf: Any, sharding: NamedSharding) -> Array:
+    """`leaf` on `sharding`: kept as is when it is already laid out so (an hf target read
+    straight into its shardings, S17.5), else placed from a host copy, identical on every
+    process."""
+    if isinstance(leaf, jax.Array) and leaf.sharding.is_equivalent_to(sharding, leaf.ndim):
+        return leaf
+    return jax.device_put(np.asarray(leaf), sharding)
+
+
 def place_and_jit(
     objective: Objective,
     graphdef: nnx.GraphDef,
@@ -227,7 +236,7 @@ def place_and_jit(
     target_shardings = plan.target_shardings(target_state)
     # from host copies: identical on every process, so this also places multi-process arrays
     params = jax.device_put(jax.tree.map(np.asarray, params), param_shardings)
-    target_state = jax.device_put(jax.tree.map(np.asarray, target_state), target_shardings)
+    target_state = jax.tree.map(_placed, target_state, target_shardings)
     if warmup is not None:
         warm = jax.jit(warmup, out_shardings=(param_shardings, plan.replicated()))
         params, _ = warm(params, target_state)
