@@ -21,6 +21,7 @@ from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSour
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
 from param_decomp.eval.fast_tier import fast_tier
+from param_decomp.eval.figure_tier import figure_tier, step_figure_dir
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
 from param_decomp.objective import Objective
@@ -79,6 +80,46 @@ class Session:
     run_dir: Path
 
 
+def load_target(
+    cfg: DecomposeConfig, config_path: str, runs_dir: Path
+) -> tuple[TargetConfig | PretrainConfig, nnx.Module]:
+    """The target's config and the trained target (trained or pretrained first if missing),
+    its sites checked against the config."""
+    target_cfg = load_any_config(cfg.target)
+    if isinstance(target_cfg, PretrainConfig):
+        target = load_pretrained(target_cfg, runs_dir, cfg.target)
+    elif isinstance(target_cfg, TargetConfig):
+        target = load_or_train_target(target_cfg, runs_dir, cfg.target)
+    else:
+        raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
+    _check_sites(cfg, target.site_weights(), config_path)
+    return target_cfg, target
+
+
+def new_decomposition(cfg: DecomposeConfig, target: nnx.Module) -> DecompositionModel:
+    """The freshly initialised decomposition of the target's configured sites."""
+    weights = target.site_weights()
+    site_shapes = {s: tuple(weights[s].shape) for s in cfg.decomposition.sites}
+    return DecompositionModel(cfg.decomposition, site_shapes, rngs=nnx.Rngs(params=cfg.seed))
+
+
+def make_source(
+    cfg: DecomposeConfig,
+    target_cfg: TargetConfig | PretrainConfig,
+    target: nnx.Module,
+    batch_sharding: Any,
+    runs_dir: Path,
+) -> BatchSource:
+    """Training and eval batches: windows of the pretraining corpus for LM targets, sparse
+    features for toys."""
+    if isinstance(target_cfg, PretrainConfig):
+        return TextSource(target_cfg, cfg.train.batch_size, cfg.seed, batch_sharding, runs_dir)
+    data = cfg.data or target_cfg.data
+    return SparseFeatureSource(
+        data, target.n_features, cfg.train.batch_size, cfg.seed, batch_sharding
+    )
+
+
 def build_session(
     cfg: DecomposeConfig,
     config_path: str,
@@ -91,20 +132,11 @@ def build_session(
     check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
     target_cfg = load_any_config(cfg.target)
     check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
-    if isinstance(target_cfg, PretrainConfig):
-        target = load_pretrained(target_cfg, runs_dir, cfg.target)
-    elif isinstance(target_cfg, TargetConfig):
-        target = load_or_train_target(target_cfg, runs_dir, cfg.target)
-    else:
-        raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
-    weights = target.site_weights()
-    _check_sites(cfg, weights, config_path)
+    target_cfg, target = load_target(cfg, config_path, runs_dir)
 
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
-    site_shapes = {s: tuple(weights[s].shape) for s in cfg.decomposition.sites}
-    model = DecompositionModel(cfg.decomposition, site_shapes, rngs=nnx.Rngs(params=cfg.seed))
-    graphdef, params = nnx.split(model)
+    graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
     objective = Objective.from_terms(cfg.losses)
     steps = cfg.train.steps
@@ -129,19 +161,7 @@ def build_session(
         jax.random.key(cfg.seed),
         warmup,
     )
-    if isinstance(target_cfg, PretrainConfig):
-        source: BatchSource = TextSource(
-            target_cfg,
-            cfg.train.batch_size,
-            cfg.seed,
-            compiled.batch_sharding,
-            Path(runs_dir),
-        )
-    else:
-        data = cfg.data or target_cfg.data
-        source = SparseFeatureSource(
-            data, target.n_features, cfg.train.batch_size, cfg.seed, compiled.batch_sharding
-        )
+    source = make_source(cfg, target_cfg, target, compiled.batch_sharding, Path(runs_dir))
     return Session(
         cfg,
         objective,
@@ -188,6 +208,25 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
             cfg, session.graphdef, params, session.target_graphdef, target_state, batches, probe
         )
 
+    def figures(state: DecompState, step: int) -> dict[str, Path]:
+        """The figure tier (S14.7) into figures/step_<step>/; every process takes part in the
+        host copy, only process 0 computes and writes."""
+        params, target_state = jax.tree.map(
+            jax.numpy.asarray, to_host((state.params, session.target_state))
+        )
+        if not is_main_process():
+            return {}
+        return figure_tier(
+            cfg,
+            session.graphdef,
+            params,
+            session.target_graphdef,
+            target_state,
+            session.source,
+            step_figure_dir(session.run_dir, step),
+            step,
+        )
+
     def from_items(template: DecompState, restored: dict[str, Any]) -> DecompState:
         training = restored["training"]
         return DecompState(
@@ -215,6 +254,8 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
         data=session.source if isinstance(session.source, TextSource) else None,
         evaluate=evaluate,
         eval_every=cfg.eval.every or None,
+        figures=figures if cfg.eval.figures else None,
+        figures_every=cfg.eval.figures_every or None,
         progress_keys=PROGRESS_KEYS,
         show_progress=show_progress,
     )
@@ -253,22 +294,17 @@ def run_decompose(
     )
 
 
-def finish_run(
+def evaluation(
     cfg: DecomposeConfig,
     objective: Objective,
     graphdef: nnx.GraphDef,
-    state: DecompState,
+    params: nnx.State,
     target_graphdef: nnx.GraphDef,
     target_state: nnx.State,
     source: BatchSource,
-    run_dir: Path,
-    show_progress: bool,
 ) -> dict[str, Any]:
-    """Evaluate, print the summary table, write eval.json and the figures (process 0 only).
-
-    Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
-    """
-    params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
+    """The end-of-run evaluation of host `params` (S14.1, the fast tier S14.2) and its
+    summary table; what `finish_run` and `param-decomp eval` report."""
     result = evaluate_decomposition(
         cfg, objective, graphdef, params, target_graphdef, target_state, source
     )
@@ -281,16 +317,41 @@ def finish_run(
         rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "value": ""})
     for name, value in result["losses"].items():
         rows.append({"site": name, "alive": "", "C": "", "value": value})
-    table = format_summary_table(rows)
-    result["summary_table"] = table
+    result["summary_table"] = format_summary_table(rows)
+    return result
+
+
+def eval_summary(result: dict[str, Any], step: int) -> dict[str, Any]:
+    """The JSON of eval.json: alive counts, eval losses, the fast tier, the step evaluated."""
+    return {
+        "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
+        "losses": result["losses"],
+        "fast_tier": result["fast_tier"],
+        "steps": step,
+    }
+
+
+def finish_run(
+    cfg: DecomposeConfig,
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    state: DecompState,
+    target_graphdef: nnx.GraphDef,
+    target_state: nnx.State,
+    source: BatchSource,
+    run_dir: Path,
+    show_progress: bool,
+) -> dict[str, Any]:
+    """Evaluate, print the summary table, write eval.json, the figures and the last step's
+    figure tier (S14.7) (process 0 only).
+
+    Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
+    """
+    params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
+    result = evaluation(cfg, objective, graphdef, params, target_graphdef, target_state, source)
     if is_main_process():
-        print(table)  # --no-progress hides only the progress bar
-        summary = {
-            "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
-            "losses": result["losses"],
-            "fast_tier": result["fast_tier"],
-            "steps": cfg.train.steps,
-        }
+        print(result["summary_table"])  # --no-progress hides only the progress bar
+        summary = eval_summary(result, cfg.train.steps)
         (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
         if cfg.eval.figures:
             V = {s: vu[0] for s, vu in result["VU"].items()}
@@ -303,5 +364,16 @@ def finish_run(
                 result["alive"],
                 ci_title=result["figure_title"],
                 ci_row_label=result["figure_rows"],
+            )
+            step = cfg.train.steps
+            result["figures"] = figure_tier(
+                cfg,
+                graphdef,
+                params,
+                target_graphdef,
+                target_state,
+                source,
+                step_figure_dir(run_dir, step),
+                step,
             )
     return result
