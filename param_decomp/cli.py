@@ -1,4 +1,4 @@
-"""`param-decomp` command line: train-target, pretrain, study, decompose, check-goldens.
+"""`param-decomp` command line: train-target, pretrain, study, decompose, eval, check-goldens.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -84,6 +84,19 @@ def build_parser() -> argparse.ArgumentParser:
     _add_distributed_args(p)
 
     p = sub.add_parser(
+        "eval",
+        help="evaluate a decomposition run's checkpoint again: fast tier, eval JSON, figures",
+    )
+    p.add_argument(
+        "run_dir", metavar="RUN_DIR", help="a decomposition run folder, e.g. runs/tms_5-2"
+    )
+    p.add_argument("--step", type=int, help="checkpoint step to evaluate (default: the latest)")
+    p.add_argument(
+        "--runs-dir",
+        help="runs folder that holds the cached target (default: RUN_DIR's parent)",
+    )
+
+    p = sub.add_parser(
         "check-goldens", help="evaluate every golden case in DIR with this project's code"
     )
     p.add_argument("dir", help="folder of golden *.json files (e.g. ../shared/goldens)")
@@ -136,6 +149,13 @@ def _run(args: argparse.Namespace) -> int:
         run_decompose(
             cfg, args.config, Path(args.runs_dir), show_progress=not args.no_progress, **folder
         )
+        return 0
+    if args.command == "eval":
+        from param_decomp.eval.run_eval import evaluate_run, report
+
+        runs_dir = Path(args.runs_dir) if args.runs_dir else None
+        evaluation = evaluate_run(Path(args.run_dir), args.step, runs_dir)
+        print(report(evaluation, Path(args.run_dir)))
         return 0
     if args.command == "check-goldens":
         from param_decomp.goldens.runner import check_goldens_dir

@@ -22,7 +22,7 @@ def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.mark.parametrize("sub", ["train-target", "decompose", "pretrain", "check-goldens"])
+@pytest.mark.parametrize("sub", ["train-target", "decompose", "pretrain", "eval", "check-goldens"])
 def test_every_subcommand_has_help(sub: str) -> None:
     out = _cli(sub, "--help")
     assert out.returncode == 0 and "usage: param-decomp " + sub in out.stdout

@@ -395,6 +395,12 @@ def load_decompose_config(path: str | Path) -> DecomposeConfig:
     return _decompose_from_data(read_yaml(path), path)
 
 
+def decompose_config_from_data(data: dict, source: str | Path) -> DecomposeConfig:
+    """A validated `decompose` config from an already parsed mapping (a checkpoint's saved
+    config); a problem is a ConfigError naming `source`."""
+    return _decompose_from_data(data, source)
+
+
 @config_boundary
 def load_any_config(path: str | Path) -> BaseModel:
     """A target config (has `model`; a `llama` model is pretrained, so it is a pretrain config)

@@ -449,7 +449,19 @@ class Eval(StrictModel):
     )
     n_batches: PositiveInt = 4
     batch_size: PositiveInt = 1024
-    figures: bool = True
+    figures: bool = Field(default=True, description="write figures at all (S14.7)")
+    figures_every: Annotated[int, Field(ge=0)] = Field(
+        default=0, description="figure tier every N steps (S14.7); 0 = only at the end"
+    )
+
+    @model_validator(mode="after")
+    def _figures_every_needs_figures(self) -> Eval:
+        if self.figures_every and not self.figures:
+            raise ValueError(
+                f"figures_every: {self.figures_every} asks for figures but figures is false; "
+                "set figures: true or figures_every: 0"
+            )
+        return self
 
 
 class Mesh(StrictModel):

@@ -22,6 +22,7 @@ from param_decomp.config.schema import SparseFeatureData, TextData
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
 from param_decomp.data.token_store import CACHE_ROOT, prepare_tokens
+from param_decomp.data.tokenizers import Tokenizer
 
 FIGURE_FEATURE_VALUE = 0.75
 
@@ -97,6 +98,11 @@ class TextSource:
         self._batches = TextBatches(
             self._store.train, window, self.batch_size, self.seed + 1, self.sharding, data.prefetch
         )
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The tokenizer of the corpus cache: decodes val windows for the token view (S14.7)."""
+        return self._store.tokenizer
 
     def train_batch(self, step: int) -> Array:
         if self._batches.position != step:  # a resumed or restarted run

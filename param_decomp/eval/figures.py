@@ -50,6 +50,24 @@ def _axes_list(axes: object) -> list[plt.Axes]:
     return list(np.asarray(axes, dtype=object).ravel())
 
 
+def figure_text(fig: plt.Figure) -> tuple[str, str]:
+    """(suptitle, one line per panel: its title and axis labels) of a figure."""
+    title = fig.get_suptitle()
+    panels = [
+        f"{ax.get_title()} | x: {ax.get_xlabel()} | y: {ax.get_ylabel()}"
+        for ax in fig.axes
+        if ax.get_title() or ax.get_xlabel() or ax.get_ylabel()
+    ]
+    return title, "\n".join(panels)
+
+
+def save_png(fig: plt.Figure, path: Path) -> None:
+    """Save as PNG with the title and every panel's title and axis labels in the PNG text
+    chunks (`Title`, `Description`), so what a figure shows can be read without viewing it."""
+    title, description = figure_text(fig)
+    fig.savefig(Path(path), format="png", metadata={"Title": title, "Description": description})
+
+
 def plot_causal_importance(
     ci_by_site: Mapping[str, np.ndarray], path: Path, title: str, row_label: str = "input feature"
 ) -> None:
@@ -71,7 +89,7 @@ def plot_causal_importance(
             fig.colorbar(im, ax=ax)
         fig.suptitle(title)
         fig.tight_layout()
-        fig.savefig(Path(path), format="png")
+        save_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -129,7 +147,7 @@ def plot_components(
                 ax.set_ylabel(ylab)
                 fig.colorbar(im, ax=ax)
         fig.tight_layout()
-        fig.savefig(Path(path), format="png")
+        save_png(fig, path)
     finally:
         plt.close(fig)
 

@@ -61,6 +61,25 @@ def restore_module(directory: Path, module: nnx.Module, step: int | None = None)
     return nnx.merge(graphdef, restored["model"])
 
 
+def restore_item(directory: Path, step: int, name: str, template: Any) -> Any:
+    """The pytree item `name` of checkpoint `step`, restored as host arrays shaped like
+    `template` (numpy leaves): what `param-decomp eval` reads, whatever mesh saved it."""
+    directory = Path(directory).resolve()
+    with ocp.CheckpointManager(directory) as manager:
+        restored = manager.restore(
+            step, args=ocp.args.Composite(**{name: ocp.args.StandardRestore(template)})
+        )
+    return restored[name]
+
+
+def restore_json(directory: Path, step: int, name: str) -> dict[str, Any]:
+    """The JSON item `name` (`config`, `data`) of checkpoint `step`."""
+    directory = Path(directory).resolve()
+    with ocp.CheckpointManager(directory) as manager:
+        restored = manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))
+    return dict(restored[name])
+
+
 class CheckpointError(RuntimeError):
     """No usable checkpoint: names every step tried and why it could not be read."""
 

@@ -24,6 +24,7 @@ from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
 from param_decomp.eval.fast_tier import fast_tier
+from param_decomp.eval.figure_tier import figure_tier, step_figure_dir
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
 from param_decomp.objective import Objective
@@ -94,6 +95,57 @@ class Session:
     run_dir: Path
 
 
+def load_target(
+    cfg: DecomposeConfig,
+    config_path: str,
+    runs_dir: Path,
+    plan: PlacementPlan | None = None,
+) -> tuple[TargetConfig | PretrainConfig | HFTargetSpec, nnx.Module]:
+    """The target's config and the trained target (trained or pretrained first if missing; an
+    hf folder read straight into the plan's target shardings, S17.5), its sites resolved
+    against the config (S1.4)."""
+    target_cfg = load_target_config(cfg, config_path)
+    if isinstance(target_cfg, HFTargetSpec):
+        target = load_hf_target(target_cfg, plan.target_shardings if plan is not None else None)
+    elif isinstance(target_cfg, PretrainConfig):
+        target = load_pretrained(target_cfg, runs_dir, str(cfg.target))
+    elif isinstance(target_cfg, TargetConfig):
+        target = load_or_train_target(target_cfg, runs_dir, str(cfg.target))
+    else:
+        raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
+    _resolve_sites(cfg, target.site_weights(), config_path)
+    return target_cfg, target
+
+
+def new_decomposition(cfg: DecomposeConfig, target: nnx.Module) -> DecompositionModel:
+    """The freshly initialised decomposition of the target's configured sites (S1.4)."""
+    weights = target.site_weights()
+    site_shapes = {s: (int(w.shape[0]), int(w.shape[1])) for s, w in weights.items()}
+    return DecompositionModel(
+        cfg.decomposition,
+        site_shapes,
+        rngs=nnx.Rngs(params=cfg.seed),
+        index_sites=getattr(target, "INDEX_SITES", ()),
+    )
+
+
+def make_source(
+    cfg: DecomposeConfig,
+    target_cfg: TargetConfig | PretrainConfig | HFTargetSpec,
+    target: nnx.Module,
+    batch_sharding: Any,
+    runs_dir: Path,
+) -> BatchSource:
+    """Training and eval batches: windows of the pretraining corpus (or an hf target's text
+    block) for LM targets, sparse features for toys."""
+    if isinstance(target_cfg, PretrainConfig | HFTargetSpec):
+        return TextSource(target_cfg, cfg.train.batch_size, cfg.seed, batch_sharding, runs_dir)
+    data = cfg.data or target_cfg.data
+    return SparseFeatureSource(
+        data, target.n_features, cfg.train.batch_size, cfg.seed, batch_sharding
+    )
+
+
 def build_session(
     cfg: DecomposeConfig,
     config_path: str,
@@ -108,25 +160,8 @@ def build_session(
     check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
-    if isinstance(target_cfg, HFTargetSpec):  # read straight into its shardings (S17.5)
-        target = load_hf_target(target_cfg, plan.target_shardings)
-    elif isinstance(target_cfg, PretrainConfig):
-        target = load_pretrained(target_cfg, runs_dir, str(cfg.target))
-    elif isinstance(target_cfg, TargetConfig):
-        target = load_or_train_target(target_cfg, runs_dir, str(cfg.target))
-    else:
-        raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
-    weights = target.site_weights()
-    _resolve_sites(cfg, weights, config_path)
-
-    site_shapes = {s: (int(w.shape[0]), int(w.shape[1])) for s, w in weights.items()}
-    model = DecompositionModel(
-        cfg.decomposition,
-        site_shapes,
-        rngs=nnx.Rngs(params=cfg.seed),
-        index_sites=getattr(target, "INDEX_SITES", ()),
-    )
-    graphdef, params = nnx.split(model)
+    target_cfg, target = load_target(cfg, config_path, runs_dir, plan)
+    graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
     objective = Objective.from_terms(cfg.losses)
     steps = cfg.train.steps
@@ -150,19 +185,7 @@ def build_session(
         jax.random.key(cfg.seed),
         warmup,
     )
-    if isinstance(target_cfg, PretrainConfig | HFTargetSpec):
-        source: BatchSource = TextSource(
-            target_cfg,
-            cfg.train.batch_size,
-            cfg.seed,
-            compiled.batch_sharding,
-            Path(runs_dir),
-        )
-    else:
-        data = cfg.data or target_cfg.data
-        source = SparseFeatureSource(
-            data, target.n_features, cfg.train.batch_size, cfg.seed, compiled.batch_sharding
-        )
+    source = make_source(cfg, target_cfg, target, compiled.batch_sharding, Path(runs_dir))
     return Session(
         cfg,
         objective,
@@ -209,6 +232,25 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
             cfg, session.graphdef, params, session.target_graphdef, target_state, batches, probe
         )
 
+    def figures(state: DecompState, step: int) -> dict[str, Path]:
+        """The figure tier (S14.7) into figures/step_<step>/; every process takes part in the
+        host copy, only process 0 computes and writes."""
+        params, target_state = jax.tree.map(
+            jax.numpy.asarray, to_host((state.params, session.target_state))
+        )
+        if not is_main_process():
+            return {}
+        return figure_tier(
+            cfg,
+            session.graphdef,
+            params,
+            session.target_graphdef,
+            target_state,
+            session.source,
+            step_figure_dir(session.run_dir, step),
+            step,
+        )
+
     def from_items(template: DecompState, restored: dict[str, Any]) -> DecompState:
         training = restored["training"]
         return DecompState(
@@ -236,6 +278,8 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
         data=session.source if isinstance(session.source, TextSource) else None,
         evaluate=evaluate,
         eval_every=cfg.eval.every or None,
+        figures=figures if cfg.eval.figures else None,
+        figures_every=cfg.eval.figures_every or None,
         progress_keys=PROGRESS_KEYS,
         show_progress=show_progress,
     )
@@ -283,25 +327,17 @@ def run_decompose(
         )
 
 
-def finish_run(
+def evaluation(
     cfg: DecomposeConfig,
     objective: Objective,
     graphdef: nnx.GraphDef,
-    state: DecompState,
+    params: nnx.State,
     target_graphdef: nnx.GraphDef,
     target_state: nnx.State,
     source: BatchSource,
-    run_dir: Path,
-    show_progress: bool,
-    logger: MetricsLogger | None = None,
 ) -> dict[str, Any]:
-    """Evaluate, print the summary table, write eval.json and the figures (process 0 only),
-    and send the end-of-run losses, alive counts and figures to `logger` (S11.7).
-
-    Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
-    """
-    logger = NoLogger() if logger is None else logger
-    params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
+    """The end-of-run evaluation of host `params` (S14.1, the fast tier S14.2) and its
+    summary table; what `finish_run` and `param-decomp eval` report."""
     result = evaluate_decomposition(
         cfg, objective, graphdef, params, target_graphdef, target_state, source
     )
@@ -314,16 +350,44 @@ def finish_run(
         rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "value": ""})
     for name, value in result["losses"].items():
         rows.append({"site": name, "alive": "", "C": "", "value": value})
-    table = format_summary_table(rows)
-    result["summary_table"] = table
+    result["summary_table"] = format_summary_table(rows)
+    return result
+
+
+def eval_summary(result: dict[str, Any], step: int) -> dict[str, Any]:
+    """The JSON of eval.json: alive counts, eval losses, the fast tier, the step evaluated."""
+    return {
+        "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
+        "losses": result["losses"],
+        "fast_tier": result["fast_tier"],
+        "steps": step,
+    }
+
+
+def finish_run(
+    cfg: DecomposeConfig,
+    objective: Objective,
+    graphdef: nnx.GraphDef,
+    state: DecompState,
+    target_graphdef: nnx.GraphDef,
+    target_state: nnx.State,
+    source: BatchSource,
+    run_dir: Path,
+    show_progress: bool,
+    logger: MetricsLogger | None = None,
+) -> dict[str, Any]:
+    """Evaluate, print the summary table, write eval.json, the figures and the last step's
+    figure tier (S14.7) (process 0 only), and send the end-of-run losses, alive counts and
+    figures to `logger` (S11.7).
+
+    Every process evaluates the same host copy of the parameters, so evaluation needs no mesh.
+    """
+    logger = NoLogger() if logger is None else logger
+    params, target_state = jax.tree.map(jax.numpy.asarray, to_host((state.params, target_state)))
+    result = evaluation(cfg, objective, graphdef, params, target_graphdef, target_state, source)
     if is_main_process():
-        print(table)  # --no-progress hides only the progress bar
-        summary = {
-            "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
-            "losses": result["losses"],
-            "fast_tier": result["fast_tier"],
-            "steps": cfg.train.steps,
-        }
+        print(result["summary_table"])  # --no-progress hides only the progress bar
+        summary = eval_summary(result, cfg.train.steps)
         (run_dir / "eval.json").write_text(json.dumps(summary, indent=2))
         alive_counts = {f"eval/alive/{s}": float(n) for s, n in summary["alive"].items()}
         logger.log_metrics(cfg.train.steps, result["losses"] | alive_counts)
@@ -339,5 +403,17 @@ def finish_run(
                 ci_title=result["figure_title"],
                 ci_row_label=result["figure_rows"],
             )
-            logger.log_images(cfg.train.steps, {path.stem: path for path in paths})
+            step = cfg.train.steps
+            result["figures"] = figure_tier(
+                cfg,
+                graphdef,
+                params,
+                target_graphdef,
+                target_state,
+                source,
+                step_figure_dir(run_dir, step),
+                step,
+            )
+            logger.log_images(step, {path.stem: path for path in paths})
+            logger.log_images(step, {f"tier/{k}": v for k, v in result["figures"].items()})
     return result

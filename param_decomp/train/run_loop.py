@@ -145,6 +145,10 @@ class Job:
     evaluate: Callable[[Any], dict[str, float]] | None = None
     eval_every: int | None = None
     eval_at_start: bool = False
+    # the figure tier (S14.7) every `figures_every` (None: never) steps before the last (the
+    # job's own finish writes the last); returns {figure name: PNG path}
+    figures: Callable[[Any, int], dict[str, Path]] | None = None
+    figures_every: int | None = None
     mean_over_window: bool = False  # log the mean of each metric since the last log
     progress_keys: tuple[str, ...] = ()
     show_progress: bool = True
@@ -279,10 +283,16 @@ def _train(job: Job, resume: bool, logger: MetricsLogger) -> tuple[Any, dict[str
                 evaluate = job.evaluate is not None and (
                     last_step or (job.eval_every is not None and done % job.eval_every == 0)
                 )
+                figures = (
+                    job.figures is not None
+                    and job.figures_every is not None
+                    and done % job.figures_every == 0
+                    and not last_step
+                )
                 every = job.checkpoint_every
                 periodic = bool(every) and done % every == 0 and not last_step
                 stopping = STOP.requested()
-                if not (log or evaluate or periodic or stopping or last_step):
+                if not (log or evaluate or figures or periodic or stopping or last_step):
                     continue
                 bad = _first_bad(jax.device_get(unchecked))  # never checkpoint a NaN state
                 unchecked = []
@@ -312,6 +322,9 @@ def _train(job: Job, resume: bool, logger: MetricsLogger) -> tuple[Any, dict[str
                     values |= job.evaluate(state)
                 if values:
                     record({"step": done, **values})
+                if figures:
+                    assert job.figures is not None
+                    logger.log_images(done, job.figures(state, done))
                 if stopping:
                     save(done, wait=True)
                     raise Preempted(

@@ -58,6 +58,11 @@ BAD_CASES: list[tuple[str, str, list[str]]] = [
     ("pnorm_zero", "losses[1].pnorm", ["greater than 0", "got 0"]),
     ("gamma_negative", "losses[2].gamma", ["greater than 0", "got -1"]),
     ("target_model_key_typo", "model.n_feature", ["Did you mean 'n_features'?", "n_hidden"]),
+    (
+        "figures_every_without_figures",  # S14.7: no silently ignored figure schedule
+        "eval",
+        ["figures_every: 100", "figures is false", "figures: true or figures_every: 0"],
+    ),
 ]
 
 # Files that pass the schema but not the mesh check at 4 devices.

@@ -72,8 +72,13 @@ def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_
 
 def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     """`param-decomp decompose --coordinator ...` on 2 processes x 2 CPU devices: one 4-device
-    mesh; only process 0 writes metrics and figures."""
+    mesh; only process 0 writes metrics and figures, the figure tier at step 20 (both processes
+    take part in its host copy, S14.7) and at the end."""
     repo = Path(__file__).resolve().parents[2]
+    cfg = yaml.safe_load((repo / "tests" / "fixtures" / "tms_tiny.yaml").read_text())
+    cfg["eval"]["figures_every"] = 20
+    config = tmp_path / "tms_tiny.yaml"
+    config.write_text(yaml.safe_dump(cfg))
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     _run_together(
@@ -83,7 +88,7 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
                 "-m",
                 "param_decomp.cli",
                 "decompose",
-                "tests/fixtures/tms_tiny.yaml",
+                str(config),
                 "--runs-dir",
                 str(tmp_path),
                 "--no-progress",
@@ -103,6 +108,8 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 4  # written once (process 0), not once per process
     assert (run / "figures" / "causal_importance.png").is_file()
+    for step in (20, 40):
+        assert (run / "figures" / f"step_{step}" / "activation_density.png").is_file()
     assert json.loads((run / "eval.json").read_text())["alive"].keys() == {"linear1", "linear2"}
 
 
