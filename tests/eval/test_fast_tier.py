@@ -71,11 +71,14 @@ def _component_model_output(model, target, x, masks=None):  # noqa: ANN001, ANN2
     """Independent of masked_site_fn: every decomposed site computes ((x V) * m) U."""
     VU = model.all_VU()
 
+    def product(h: jax.Array, M: jax.Array) -> jax.Array:
+        return M[h] if jnp.issubdtype(h.dtype, jnp.integer) else h @ M  # token ids: M's rows
+
     def site_fn(name: str, h: jax.Array, W: jax.Array) -> jax.Array:
         if name not in VU:
-            return h @ W
+            return product(h, W)
         V, U = VU[name]
-        acts = h @ V
+        acts = product(h, V)
         return (acts if masks is None else acts * masks[name]) @ U
 
     return np.asarray(target(x, site_fn), np.float64)

@@ -60,11 +60,13 @@ def test_tied_head_reads_the_embedding() -> None:
     captured: dict = {}
 
     def site_fn(name: str, x: jax.Array, W: jax.Array) -> jax.Array:
-        captured[name] = x
-        return x @ W
+        captured[name] = (x, W)
+        return W[x] if jnp.issubdtype(x.dtype, jnp.integer) else x @ W  # embed: token ids
 
     logits = tied(tokens, site_fn)
-    assert set(captured) == {f"layers.0.{k}" for k in SITE_KINDS}
+    # every linear matrix is a site (S1.4); the tied head is the embedding transposed
+    assert set(captured) == {"embed", "unembed"} | {f"layers.0.{k}" for k in SITE_KINDS}
+    np.testing.assert_array_equal(captured["unembed"][1], tied.embed[...].T)
     # the same weights with an explicit head equal to embed^T give the same logits
     untied.unembed.value = tied.embed[...].T
     np.testing.assert_allclose(untied(tokens), logits, rtol=1e-5, atol=1e-6)
@@ -99,4 +101,5 @@ def test_decomposition_step_on_gpt2_sites() -> None:
     assert all(math.isfinite(v) for v in losses)
     out, record = clean_forward(target, tokens, tuple(sites))
     np.testing.assert_allclose(out, target(tokens), rtol=1e-6)
-    assert set(record.outputs) == {f"layers.{i}.{k}" for i in range(2) for k in SITE_KINDS}
+    layer_sites = {f"layers.{i}.{k}" for i in range(2) for k in SITE_KINDS}
+    assert set(record.outputs) == {"embed", "unembed"} | layer_sites

@@ -6,6 +6,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,7 @@ def test_s11_7_a_resumed_run_continues_the_same_wandb_run(
     first = WandbLogger(settings, config, run_dir, resume=False)
     first.log_metrics(1, {"train/loss": 1.0})
     first.close(EXIT_PREEMPTED)
+    time.sleep(1.1)  # offline folders are named by their start second: keep the two apart
     resumed = WandbLogger(settings, config, run_dir, resume=True)
     resumed.log_metrics(2, {"train/loss": 0.5})
     resumed.close()
