@@ -55,8 +55,8 @@ class CellResult:
     bpb: Spread | None
     ce: Spread | None
     wall: Spread | None
-    cpu: Spread | None
     curve: Curve | None
+    cpu: Spread | None = None  # CPU seconds; absent from runs recorded before it was kept
 
 
 @dataclass(frozen=True)

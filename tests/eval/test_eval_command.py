@@ -42,7 +42,9 @@ def _run(name: str, runs_dir: Path, steps: int, every: int, **train: object) -> 
             "train": cfg.train.model_copy(
                 update={"steps": steps, "log_every": every or steps, **train}
             ),
-            "eval": cfg.eval.model_copy(update={"figures_every": every, "every": every}),
+            "eval": cfg.eval.model_copy(
+                update={"figures": True, "figures_every": every, "every": every}
+            ),
             "checkpointing": cfg.checkpointing.model_copy(update={"every": every, "keep": 5}),
         }
     )
