@@ -26,7 +26,6 @@ if MEMORY_WORKER_FLAG in sys.argv:
 
 import argparse  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from datetime import UTC, datetime  # noqa: E402
@@ -39,6 +38,7 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 import param_decomp  # noqa: E402, F401  (its XLA:CPU defaults must precede jax's backend start)
+from param_decomp.study.provenance import cpu_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS_DIR = REPO / "bench" / "results"
@@ -67,13 +67,7 @@ def _now() -> str:
 
 
 def _host_cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_model()
 
 
 def _common_fields(name: str) -> dict[str, Any]:
