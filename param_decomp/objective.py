@@ -33,7 +33,12 @@ from param_decomp.decomposition.sources import ReconPlan, SiteC, draw_plans_sour
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
 from param_decomp.losses.distances import OUTPUT_DISTANCES
 from param_decomp.losses.importance import component_means
-from param_decomp.targets.precision import ComputeDtype, compute_cast, module_in_dtype, to_float32
+from param_decomp.targets.precision import (
+    ComputeDtype,
+    at_least_float32,
+    compute_cast,
+    module_in_dtype,
+)
 
 PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
 
@@ -91,18 +96,22 @@ class Objective:
         acts: dict[str, Array] | None = None,
         adversary_sources: dict[str, Array] | None = None,
         compute_VU: dict[str, tuple[Array, Array]] | None = None,
+        compute_x: Array | None = None,
     ) -> StepContext:
         """The shared quantities downstream of the CI: per-component means and masked forwards.
 
         `record` is the clean forward's per-site inputs and outputs and `acts` the inner
         activations x @ V on them (formed here when not given): every masked forward reuses
         them where its site input is the clean one (S9.4). `VU` are the float32 masters the
-        losses read; `compute_VU` (default `VU`) their compute-dtype copies the masked forwards
-        multiply with, whose outputs are read in float32 (S15.6).
+        losses read; `compute_VU` (default `VU`) their compute-dtype copies and `compute_x`
+        (default `x`) the batch in the compute dtype, which the masked forwards run on and whose
+        outputs are read in float32 (S15.6).
         """
         sites = tuple(VU)
         if compute_VU is None:
             compute_VU = VU
+        if compute_x is None:
+            compute_x = x
         if acts is None:
             acts = inner_acts(record, compute_VU)
         ctx = StepContext(
@@ -128,12 +137,20 @@ class Objective:
                         acts,
                     )
                     with jax.named_scope("masked_forward"):
-                        row.append(to_float32(target(x, site_fn)))
+                        row.append(at_least_float32(target(compute_x, site_fn)))
                 outputs.append(row)
             ctx.recon_outputs[plan] = outputs
         for spec in self.adversaries:
             self._adversarial_forward(
-                ctx, spec, target, x, record, compute_VU, acts, sources[spec], adversary_sources
+                ctx,
+                spec,
+                target,
+                compute_x,
+                record,
+                compute_VU,
+                acts,
+                sources[spec],
+                adversary_sources,
             )
         return ctx
 
@@ -170,7 +187,7 @@ class Objective:
                 site_fn = masked_site_fn(
                     live, frozen_VU, frozen_ci, fwd, spec.delta, record, frozen_acts
                 )
-                return dist(to_float32(target(x, site_fn)), ctx.clean_output)
+                return dist(at_least_float32(target(x, site_fn)), ctx.clean_output)
 
             own = {s: start[s] for s in live}
             with jax.named_scope("adversary_ascent"):
@@ -182,7 +199,7 @@ class Objective:
             fwd = adversary_forward(spec, used, routed, batch_shape)
             site_fn = masked_site_fn(live, compute_VU, ctx.ci_lower, fwd, spec.delta, record, acts)
             with jax.named_scope("masked_forward"):
-                outputs.append(to_float32(target(x, site_fn)))
+                outputs.append(at_least_float32(target(x, site_fn)))
             finals.update(sg(final))
         ctx.adversarial_outputs[spec] = outputs
         ctx.adversary_sources[spec] = finals
@@ -205,9 +222,10 @@ class Objective:
         distances and every loss read float32 (S15.6, S15.7); "float32" is today's graph."""
         sites = decomposition.site_names
         compute_target = module_in_dtype(target, compute_dtype)
+        compute_x = compute_cast(x, compute_dtype)  # a float batch; token ids stay as they are
         with jax.named_scope("clean_forward"):
-            clean, record = jax.lax.stop_gradient(clean_forward(compute_target, x, sites))
-        clean = to_float32(clean)
+            clean, record = jax.lax.stop_gradient(clean_forward(compute_target, compute_x, sites))
+        clean = at_least_float32(clean)
         all_weights = target.site_weights()
         weights = {s: jax.lax.stop_gradient(all_weights[s]) for s in sites}
 
@@ -217,7 +235,7 @@ class Objective:
             acts = inner_acts(record, compute_VU)
         with jax.named_scope("ci_function"):
             ci_lower, ci_upper = decomposition.causal_importances(
-                to_float32(decomposition.ci_taps(record)), VU, to_float32(acts)
+                at_least_float32(decomposition.ci_taps(record)), VU, at_least_float32(acts)
             )
         return self.context_from_ci(
             compute_target,
@@ -233,6 +251,7 @@ class Objective:
             acts,
             adversary_sources,
             compute_VU,
+            compute_x,
         )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:

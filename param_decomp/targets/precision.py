@@ -52,13 +52,13 @@ def compute_cast(tree: T, compute_dtype: ComputeDtype) -> T:
     return tree if compute_dtype == "float32" else cast_floating(tree, jnp.bfloat16)
 
 
-def to_float32(tree: T) -> T:
-    """`tree` with floating leaves in float32; float32 leaves are returned as they are, so a
-    float32 run's graph gains no op (S15.7)."""
+def at_least_float32(tree: T) -> T:
+    """`tree` with its sub-float32 floating leaves (bf16) cast to float32; float32 and float64
+    leaves are returned as they are, so a float32 (or x64) step's graph gains no op (S15.7)."""
 
     def cast(leaf: Array) -> Array:
-        floating = jnp.issubdtype(leaf.dtype, jnp.floating)
-        return leaf.astype(jnp.float32) if floating and leaf.dtype != jnp.float32 else leaf
+        narrow = jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.finfo(leaf.dtype).bits < 32
+        return leaf.astype(jnp.float32) if narrow else leaf
 
     return jax.tree.map(cast, tree)
 
