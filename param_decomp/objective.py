@@ -33,6 +33,12 @@ from param_decomp.decomposition.sources import ReconPlan, SiteC, draw_plans_sour
 from param_decomp.losses.base import LossTerm, PsiSpec, StepContext
 from param_decomp.losses.distances import OUTPUT_DISTANCES
 from param_decomp.losses.importance import component_means
+from param_decomp.targets.precision import (
+    ComputeDtype,
+    at_least_float32,
+    compute_cast,
+    module_in_dtype,
+)
 
 PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
 
@@ -89,16 +95,25 @@ class Objective:
         progress: Array,
         acts: dict[str, Array] | None = None,
         adversary_sources: dict[str, Array] | None = None,
+        compute_VU: dict[str, tuple[Array, Array]] | None = None,
+        compute_x: Array | None = None,
     ) -> StepContext:
         """The shared quantities downstream of the CI: per-component means and masked forwards.
 
         `record` is the clean forward's per-site inputs and outputs and `acts` the inner
         activations x @ V on them (formed here when not given): every masked forward reuses
-        them where its site input is the clean one (S9.4).
+        them where its site input is the clean one (S9.4). `VU` are the float32 masters the
+        losses read; `compute_VU` (default `VU`) their compute-dtype copies and `compute_x`
+        (default `x`) the batch in the compute dtype, which the masked forwards run on and whose
+        outputs are read in float32 (S15.6).
         """
         sites = tuple(VU)
+        if compute_VU is None:
+            compute_VU = VU
+        if compute_x is None:
+            compute_x = x
         if acts is None:
-            acts = inner_acts(record, VU)
+            acts = inner_acts(record, compute_VU)
         ctx = StepContext(
             x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32)
         )
@@ -113,15 +128,29 @@ class Objective:
                 row = []
                 for i, fwd in enumerate(sample):
                     site_fn = masked_site_fn(
-                        live_sites(plan, sites, i), VU, ci_lower, fwd, plan.delta, record, acts
+                        live_sites(plan, sites, i),
+                        compute_VU,
+                        ci_lower,
+                        fwd,
+                        plan.delta,
+                        record,
+                        acts,
                     )
                     with jax.named_scope("masked_forward"):
-                        row.append(target(x, site_fn))
+                        row.append(at_least_float32(target(compute_x, site_fn)))
                 outputs.append(row)
             ctx.recon_outputs[plan] = outputs
         for spec in self.adversaries:
             self._adversarial_forward(
-                ctx, spec, target, x, record, acts, sources[spec], adversary_sources
+                ctx,
+                spec,
+                target,
+                compute_x,
+                record,
+                compute_VU,
+                acts,
+                sources[spec],
+                adversary_sources,
             )
         return ctx
 
@@ -132,6 +161,7 @@ class Objective:
         target: Any,
         x: Array,
         record: CleanRecord,
+        compute_VU: dict[str, tuple[Array, Array]],
         acts: dict[str, Array],
         drawn: dict[str, Any],
         persistent_sources: dict[str, Array] | None,
@@ -148,7 +178,7 @@ class Objective:
         start = drawn["init"]
         if spec.persistent and persistent_sources is not None:
             start = persistent_sources
-        frozen_VU, frozen_ci, frozen_acts = sg((ctx.VU, ctx.ci_lower, acts))
+        frozen_VU, frozen_ci, frozen_acts = sg((compute_VU, ctx.ci_lower, acts))
         outputs, finals = [], {}
         for live in live_groups(spec, sites):
 
@@ -157,7 +187,7 @@ class Objective:
                 site_fn = masked_site_fn(
                     live, frozen_VU, frozen_ci, fwd, spec.delta, record, frozen_acts
                 )
-                return dist(target(x, site_fn), ctx.clean_output)
+                return dist(at_least_float32(target(x, site_fn)), ctx.clean_output)
 
             own = {s: start[s] for s in live}
             with jax.named_scope("adversary_ascent"):
@@ -167,9 +197,9 @@ class Objective:
             else:
                 used = sg(final)
             fwd = adversary_forward(spec, used, routed, batch_shape)
-            site_fn = masked_site_fn(live, ctx.VU, ctx.ci_lower, fwd, spec.delta, record, acts)
+            site_fn = masked_site_fn(live, compute_VU, ctx.ci_lower, fwd, spec.delta, record, acts)
             with jax.named_scope("masked_forward"):
-                outputs.append(target(x, site_fn))
+                outputs.append(at_least_float32(target(x, site_fn)))
             finals.update(sg(final))
         ctx.adversarial_outputs[spec] = outputs
         ctx.adversary_sources[spec] = finals
@@ -182,24 +212,33 @@ class Objective:
         sources: PlanSources,
         progress: Array,
         adversary_sources: dict[str, Array] | None = None,
+        compute_dtype: ComputeDtype = "float32",
     ) -> StepContext:
         """Full fused pass from the batch: clean forward, x @ V once per site, CI, then
-        `context_from_ci`."""
+        `context_from_ci`.
+
+        With `compute_dtype` "bfloat16" the target's forwards and the site products run on bf16
+        copies of the target weights and of V, U, while the CI function, the masks, the
+        distances and every loss read float32 (S15.6, S15.7); "float32" is today's graph."""
         sites = decomposition.site_names
+        compute_target = module_in_dtype(target, compute_dtype)
+        compute_x = compute_cast(x, compute_dtype)  # a float batch; token ids stay as they are
         with jax.named_scope("clean_forward"):
-            clean, record = jax.lax.stop_gradient(clean_forward(target, x, sites))
+            clean, record = jax.lax.stop_gradient(clean_forward(compute_target, compute_x, sites))
+        clean = at_least_float32(clean)
         all_weights = target.site_weights()
         weights = {s: jax.lax.stop_gradient(all_weights[s]) for s in sites}
 
         VU = decomposition.all_VU()
+        compute_VU = compute_cast(VU, compute_dtype)
         with jax.named_scope("inner_acts"):
-            acts = inner_acts(record, VU)
+            acts = inner_acts(record, compute_VU)
         with jax.named_scope("ci_function"):
             ci_lower, ci_upper = decomposition.causal_importances(
-                decomposition.ci_taps(record), VU, acts
+                at_least_float32(decomposition.ci_taps(record)), VU, at_least_float32(acts)
             )
         return self.context_from_ci(
-            target,
+            compute_target,
             x,
             clean,
             record,
@@ -211,6 +250,8 @@ class Objective:
             progress,
             acts,
             adversary_sources,
+            compute_VU,
+            compute_x,
         )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:

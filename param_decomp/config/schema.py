@@ -440,6 +440,11 @@ class DecomposeTraining(StrictModel):
     optimizer: Optimizer
     faithfulness_warmup: FaithfulnessWarmup = FaithfulnessWarmup()
     log_every: PositiveInt = 100
+    compute_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="target and masked forwards' dtype (S15.6); bfloat16 keeps fp32 masters, "
+        "CI function, masks and losses",
+    )
 
 
 class Eval(StrictModel):

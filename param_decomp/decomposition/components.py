@@ -45,10 +45,14 @@ def masked_product_sum(
         coeff = jnp.where(routed[..., None], coeff, 0.0)
         routed_weight = 0.0 if delta_mask is None else delta_mask
         xw_weight = jnp.where(routed, routed_weight, 1.0)
+    if coeff.dtype != acts.dtype:  # S15.6: bf16 operands; the mask arithmetic above is fp32
+        coeff = coeff.astype(acts.dtype)
     out = (acts * coeff) @ U
     if xw_weight is not None:
         if xw is None:
             raise ValueError("the delta channel and routing need the site's clean product x @ W")
+        if xw_weight.dtype != xw.dtype:
+            xw_weight = xw_weight.astype(xw.dtype)
         out = out + xw_weight[..., None] * xw
     return out
 

@@ -23,6 +23,7 @@ ComputeDtype = Literal["float32", "bfloat16"]
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
 T = TypeVar("T", bound=PyTree)
+M = TypeVar("M", bound=nnx.Module)
 
 
 def cast_floating(tree: T, dtype: jnp.dtype) -> T:
@@ -30,6 +31,34 @@ def cast_floating(tree: T, dtype: jnp.dtype) -> T:
 
     def cast(leaf: Array) -> Array:
         return leaf.astype(dtype) if jnp.issubdtype(leaf.dtype, jnp.floating) else leaf
+
+    return jax.tree.map(cast, tree)
+
+
+def module_in_dtype(module: M, compute_dtype: ComputeDtype) -> M:
+    """`module` itself for "float32" (the same object, so that path's graph is unchanged); else a
+    copy whose floating state is cast to bf16 (S15.6). Called inside the differentiated function,
+    the cast's transpose returns float32 gradients to float32 masters."""
+    if compute_dtype == "float32":
+        return module
+    if compute_dtype != "bfloat16":
+        raise ValueError(f"compute_dtype must be one of {COMPUTE_DTYPES}, got {compute_dtype!r}")
+    graphdef, state = nnx.split(module)
+    return nnx.merge(graphdef, cast_floating(state, jnp.bfloat16))
+
+
+def compute_cast(tree: T, compute_dtype: ComputeDtype) -> T:
+    """`tree` itself for "float32"; its floating leaves in bf16 for "bfloat16" (S15.6)."""
+    return tree if compute_dtype == "float32" else cast_floating(tree, jnp.bfloat16)
+
+
+def at_least_float32(tree: T) -> T:
+    """`tree` with its sub-float32 floating leaves (bf16) cast to float32; float32 and float64
+    leaves are returned as they are, so a float32 (or x64) step's graph gains no op (S15.7)."""
+
+    def cast(leaf: Array) -> Array:
+        narrow = jnp.issubdtype(leaf.dtype, jnp.floating) and jnp.finfo(leaf.dtype).bits < 32
+        return leaf.astype(jnp.float32) if narrow else leaf
 
     return jax.tree.map(cast, tree)
 

@@ -184,6 +184,7 @@ def build_session(
         2,
         jax.random.key(cfg.seed),
         warmup,
+        cfg.train.compute_dtype,
     )
     source = make_source(cfg, target_cfg, target, compiled.batch_sharding, Path(runs_dir))
     return Session(

@@ -22,6 +22,7 @@ from jaxtyping import Array
 from param_decomp.decomposition.adversary import adversary_update, init_adversary_state
 from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
+from param_decomp.targets.precision import ComputeDtype
 
 
 @struct.dataclass
@@ -65,10 +66,20 @@ def objective_loss(
     batch: Array,
     key: Array,
     progress: Array,
+    compute_dtype: ComputeDtype = "float32",
 ) -> tuple[Array, dict[str, Array]]:
-    """Total loss and metrics for one batch; the function the step differentiates."""
+    """Total loss and metrics for one batch; the function the step differentiates (so a bf16
+    compute dtype casts in here and the gradients reach the float32 masters, S15.6)."""
     total, (metrics, _) = objective_loss_and_sources(
-        objective, graphdef, target_graphdef, params, target_state, batch, key, progress
+        objective,
+        graphdef,
+        target_graphdef,
+        params,
+        target_state,
+        batch,
+        key,
+        progress,
+        compute_dtype=compute_dtype,
     )
     return total, metrics
 
@@ -83,13 +94,16 @@ def objective_loss_and_sources(
     key: Array,
     progress: Array,
     adversary_sources: dict[str, Array] | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> tuple[Array, tuple[dict[str, Array], dict[str, Array] | None]]:
     """`objective_loss` given the persistent adversary's sources; the aux also returns its
     warmed-up sources (S6A.5), None without a persistent term."""
     model = nnx.merge(graphdef, params)
     target = nnx.merge(target_graphdef, target_state)
     sources = objective.draw_sources(key, target.batch_shape(batch), model.site_names, model.site_C)
-    ctx = objective.context(target, model, batch, sources, progress, adversary_sources)
+    ctx = objective.context(
+        target, model, batch, sources, progress, adversary_sources, compute_dtype
+    )
     total, metrics = objective.evaluate(ctx)
     spec = objective.persistent
     return total, (metrics, ctx.adversary_sources[spec] if spec is not None else None)
@@ -101,8 +115,10 @@ def make_train_step(
     target_graphdef: nnx.GraphDef,
     optimizer: optax.GradientTransformation,
     total_steps: int,
+    compute_dtype: ComputeDtype = "float32",
 ) -> StepFn:
-    """Build the (unjitted) step; the caller jits it with the placement plan's shardings."""
+    """Build the (unjitted) step; the caller jits it with the placement plan's shardings.
+    `compute_dtype` is the target and masked forwards' (S15.6)."""
 
     def train_step(
         state: DecompState, target_state: nnx.State, batch: Array
@@ -113,7 +129,15 @@ def make_train_step(
         if spec is None:
             grad_fn = jax.grad(
                 lambda p: objective_loss(
-                    objective, graphdef, target_graphdef, p, target_state, batch, key, progress
+                    objective,
+                    graphdef,
+                    target_graphdef,
+                    p,
+                    target_state,
+                    batch,
+                    key,
+                    progress,
+                    compute_dtype,
                 ),
                 has_aux=True,
             )
@@ -123,7 +147,16 @@ def make_train_step(
             # S6A.5: ONE backward gives the params' gradient and the sources' (for the ascent)
             grad_fn = jax.grad(
                 lambda p, s: objective_loss_and_sources(
-                    objective, graphdef, target_graphdef, p, target_state, batch, key, progress, s
+                    objective,
+                    graphdef,
+                    target_graphdef,
+                    p,
+                    target_state,
+                    batch,
+                    key,
+                    progress,
+                    s,
+                    compute_dtype,
                 ),
                 argnums=(0, 1),
                 has_aux=True,
@@ -230,6 +263,7 @@ def place_and_jit(
     batch_ndim: int,
     key: Array,
     warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
+    compute_dtype: ComputeDtype = "float32",
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
     param_shardings = plan.decomposition_shardings(params)
@@ -261,7 +295,9 @@ def place_and_jit(
     state = jax.jit(init, out_shardings=state_shardings)(params)
     batch_sharding = plan.batch(batch_ndim)
     train_step = jax.jit(
-        make_train_step(objective, graphdef, target_graphdef, optimizer, total_steps),
+        make_train_step(
+            objective, graphdef, target_graphdef, optimizer, total_steps, compute_dtype
+        ),
         in_shardings=(state_shardings, target_shardings, batch_sharding),
         out_shardings=(state_shardings, plan.replicated()),
         donate_argnums=(0,),
