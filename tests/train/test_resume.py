@@ -111,6 +111,7 @@ def _toy_config(tmp_path: Path, steps: int) -> Path:
     ]
     cfg["train"].update(steps=steps, batch_size=2048, log_every=1)
     cfg["checkpointing"] = {"every": 25, "keep": 3}
+    cfg["eval"]["figures"] = False  # not what these tests check; it costs each run seconds
     path = tmp_path / "toy.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
