@@ -17,6 +17,7 @@ from param_decomp.config.loading import load_decompose_config
 from param_decomp.objective import Objective
 from param_decomp.plan.abstract_step import build_abstract_step
 from param_decomp.plan.command import parse_mesh
+from param_decomp.plan.hlo import collectives
 from param_decomp.plan.report import build_report
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
@@ -139,3 +140,20 @@ def test_planner_allocates_no_model_sized_buffer(tmp_path: Path) -> None:
 def test_parse_mesh() -> None:
     assert parse_mesh("data=8,fsdp=8") == {"data": 8, "fsdp": 8}
     assert parse_mesh(None) == {}
+
+
+def test_collectives_count_result_bytes_and_async_pairs_once() -> None:
+    """S13.5: a tuple all-reduce's bytes are its results' sum; an async all-gather counts once,
+    at its -done; operands' shapes are not counted."""
+    hlo = "\n".join(
+        [
+            "  %all-reduce.1 = (f32[16,8]{1,0}, bf16[4]{0}) all-reduce(f32[16,8]{1,0} %a, %b)",
+            "  %ags = (f32[2,3]{1,0}, f32[8,3]{1,0}) all-gather-start(f32[2,3]{1,0} %c)",
+            "  %agd = f32[8,3]{1,0} all-gather-done((f32[2,3]{1,0}, f32[8,3]{1,0}) %ags)",
+            "  %add.1 = f32[8,3]{1,0} add(%agd, %agd)",
+        ]
+    )
+    out = collectives(hlo)
+    assert out["all-reduce"] == {"count": 1, "bytes": 16 * 8 * 4 + 4 * 2}
+    assert out["all-gather"] == {"count": 1, "bytes": 8 * 3 * 4}
+    assert out["reduce-scatter"] == {"count": 0, "bytes": 0}
