@@ -17,8 +17,9 @@ One step = T (the clean forward, no gradient) + 3 x (forward + ~2x backward) of:
 A reconstruction plan runs n_mask_samples forwards (times one per site for `each` routing,
 that site alone live); an adversary n_steps + 1 forwards with every site live.
 
-Per device: the row terms split over the batch shards (data x fsdp), V @ U only over tensor
-(every batch shard forms it in full). Not counted: the CI function and elementwise work; and
+Per device: the row terms split over all devices (XLA's partitioner splits the rows over
+data x fsdp and the component products over tensor), V @ U only over tensor (it depends on no
+row, so every batch shard forms it in full). Not counted: the CI function and elementwise work; and
 XLA shares a masked forward's prefix before its first live site with the clean forward, so
 the closed form can also exceed XLA's count.
 """
@@ -83,7 +84,7 @@ def closed_form_flops(
     )
     row_total = target + BACKWARD_FACTOR * (inner + masked_total)
     weight_total = BACKWARD_FACTOR * weight_products
-    batch_shards, tensor = mesh["data"] * mesh["fsdp"], mesh["tensor"]
+    devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
     return {
         "rows": R,
         "target_forward": target,
@@ -92,5 +93,5 @@ def closed_form_flops(
         "masked_forward_flops": masked_total,
         "faithfulness_products": weight_products,
         "step_total": row_total + weight_total,
-        "per_device": row_total // batch_shards + weight_total // tensor,
+        "per_device": row_total // devices + weight_total // mesh["tensor"],
     }
