@@ -19,9 +19,11 @@ that site alone live); an adversary n_steps + 1 forwards with every site live.
 
 Per device: the row terms split over all devices (XLA's partitioner splits the rows over
 data x fsdp and the component products over tensor), V @ U only over tensor (it depends on no
-row, so every batch shard forms it in full). Not counted: the CI function and elementwise work; and
-XLA shares a masked forward's prefix before its first live site with the clean forward, so
-the closed form can also exceed XLA's count.
+row, so every batch shard forms it in full). The row split is an assumption about XLA's
+partitioning: with tensor > 1 and few batch shards XLA may run the target's dense forward on
+every tensor shard, and its count is then higher (docs/scale.md: 2.9x with tensor 8 alone).
+Not counted: the CI function and elementwise work; and XLA shares a masked forward's prefix
+before its first live site with the clean forward, so the closed form can also exceed XLA's count.
 """
 
 from __future__ import annotations
