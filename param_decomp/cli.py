@@ -1,4 +1,5 @@
-"""`param-decomp` command line: train-target, pretrain, study, decompose, eval, check-goldens.
+"""`param-decomp` command line: train-target, pretrain, study, decompose, eval, plan,
+check-goldens.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -97,6 +98,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "plan",
+        help="compile a config's train step from shapes on N simulated devices: bytes per "
+        "device, FLOPs, collectives, and whether it fits a budget (exit 1 if not)",
+    )
+    from param_decomp.plan.command import add_plan_args
+
+    add_plan_args(p)
+
+    p = sub.add_parser(
         "check-goldens", help="evaluate every golden case in DIR with this project's code"
     )
     p.add_argument("dir", help="folder of golden *.json files (e.g. ../shared/goldens)")
@@ -157,6 +167,11 @@ def _run(args: argparse.Namespace) -> int:
         evaluation = evaluate_run(Path(args.run_dir), args.step, runs_dir)
         print(report(evaluation, Path(args.run_dir)))
         return 0
+    if args.command == "plan":
+        from param_decomp.plan.command import run_plan
+
+        load_decompose_config(args.config)  # a config error exits 2 before any child starts
+        return run_plan(args)
     if args.command == "check-goldens":
         from param_decomp.goldens.runner import check_goldens_dir
 

@@ -15,7 +15,8 @@ from param_decomp.losses.registry import register_term
 def faithfulness_loss(weights: dict, VU: dict) -> object:
     """sum_sites ||W - V U||^2 / sum_sites numel(W)."""
     total = sum(faithfulness_sq_error(weights[s], *VU[s]) for s in VU)
-    numel = sum(weights[s].size for s in VU)
+    # a float: an 8B model's site count (~7e9) overflows the int32 a Python int becomes
+    numel = float(sum(weights[s].size for s in VU))
     return total / numel
 
 

@@ -137,22 +137,25 @@ def _tree_bytes(tree: Any, shardings: Any) -> int:
 TargetSpec = TargetConfig | PretrainConfig | HFTargetSpec
 
 
-def _abstract_target(target_cfg: TargetSpec) -> tuple[Any, dict[str, Any]]:
-    """(abstract full target state, abstract site weights) without building any array."""
-    if isinstance(target_cfg, HFTargetSpec):  # its state in the dtype it is loaded in
-        graphdef, state = abstract_hf_target(target_cfg)
-        return state, jax.eval_shape(lambda s: nnx.merge(graphdef, s).site_weights(), state)
+def abstract_target_parts(target_cfg: TargetSpec) -> tuple[nnx.GraphDef, Any]:
+    """(graphdef, abstract full target state) without building any array: the target's
+    constructor traced by `nnx.eval_shape`; an hf target in the dtype it is loaded in."""
+    if isinstance(target_cfg, HFTargetSpec):
+        return abstract_hf_target(target_cfg)
 
     def build() -> Any:
         if isinstance(target_cfg, PretrainConfig):
             return build_llama(target_cfg)
         return build_target(target_cfg)
 
-    def state_and_sites() -> tuple[Any, dict[str, Any]]:
-        model = build()
-        return nnx.split(model)[1], model.site_weights()
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    return graphdef, state
 
-    return jax.eval_shape(state_and_sites)
+
+def _abstract_target(target_cfg: TargetSpec) -> tuple[Any, dict[str, Any]]:
+    """(abstract full target state, abstract site weights) without building any array."""
+    graphdef, state = abstract_target_parts(target_cfg)
+    return state, jax.eval_shape(lambda s: nnx.merge(graphdef, s).site_weights(), state)
 
 
 def _lm_fields(target_cfg: TargetSpec) -> tuple[int, int, int] | None:

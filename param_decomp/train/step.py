@@ -232,6 +232,56 @@ def moment_shardings(opt_state: Any, param_shardings: Any, plan: PlacementPlan) 
     )
 
 
+def make_init(
+    objective: Objective,
+    optimizer: optax.GradientTransformation,
+    key: Array,
+    sites: tuple[str, ...],
+    site_C: Any,
+) -> Callable[[nnx.State], DecompState]:
+    """The initial train state of given params: optimizer state, step, key, adversary (S6A.6)."""
+
+    def init(p: nnx.State) -> DecompState:
+        return init_state(
+            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, site_C)
+        )
+
+    return init
+
+
+def decomp_state_shardings(
+    abstract: DecompState, param_shardings: Any, plan: PlacementPlan
+) -> DecompState:
+    """Where every leaf of the train state lives (S13.2): params per the plan, moments like
+    their params, scalars and the persistent adversary replicated. `abstract` may hold
+    ShapeDtypeStructs (the planner, S13.5) or arrays."""
+    return DecompState(
+        params=param_shardings,
+        opt_state=moment_shardings(abstract.opt_state, param_shardings, plan),
+        step=plan.replicated(),
+        key=plan.replicated(),
+        first_nonfinite_step=plan.replicated(),
+        # S6A.6: batch-shared sources (width C + 1) and their moments are small: replicated
+        adversary=jax.tree.map(lambda _: plan.replicated(), abstract.adversary),
+    )
+
+
+def jit_train_step(
+    train_step: StepFn,
+    state_shardings: DecompState,
+    target_shardings: Any,
+    batch_sharding: NamedSharding,
+    plan: PlacementPlan,
+) -> StepFn:
+    """The step jitted with the run's shardings; the state is donated (updated in place)."""
+    return jax.jit(
+        train_step,
+        in_shardings=(state_shardings, target_shardings, batch_sharding),
+        out_shardings=(state_shardings, plan.replicated()),
+        donate_argnums=(0,),
+    )
+
+
 @dataclass
 class CompiledStep:
     """A placed initial state and the step jitted with the placement plan's shardings."""
@@ -275,31 +325,17 @@ def place_and_jit(
         warm = jax.jit(warmup, out_shardings=(param_shardings, plan.replicated()))
         params, _ = warm(params, target_state)
     model = nnx.merge(graphdef, params)
-    sites, site_C = tuple(model.site_names), model.site_C
-
-    def init(p: nnx.State) -> DecompState:
-        return init_state(
-            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, site_C)
-        )
-
-    abstract = jax.eval_shape(init, params)
-    state_shardings = DecompState(
-        params=param_shardings,
-        opt_state=moment_shardings(abstract.opt_state, param_shardings, plan),
-        step=plan.replicated(),
-        key=plan.replicated(),
-        first_nonfinite_step=plan.replicated(),
-        # S6A.6: batch-shared sources (width C + 1) and their moments are small: replicated
-        adversary=jax.tree.map(lambda _: plan.replicated(), abstract.adversary),
-    )
+    init = make_init(objective, optimizer, key, tuple(model.site_names), model.site_C)
+    state_shardings = decomp_state_shardings(jax.eval_shape(init, params), param_shardings, plan)
     state = jax.jit(init, out_shardings=state_shardings)(params)
     batch_sharding = plan.batch(batch_ndim)
-    train_step = jax.jit(
+    train_step = jit_train_step(
         make_train_step(
             objective, graphdef, target_graphdef, optimizer, total_steps, compute_dtype
         ),
-        in_shardings=(state_shardings, target_shardings, batch_sharding),
-        out_shardings=(state_shardings, plan.replicated()),
-        donate_argnums=(0,),
+        state_shardings,
+        target_shardings,
+        batch_sharding,
+        plan,
     )
     return CompiledStep(state, target_state, train_step, batch_sharding)

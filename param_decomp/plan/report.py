@@ -1,0 +1,247 @@
+"""The plan report: per-device bytes, the largest arrays, FLOPs, collectives and a verdict
+against a memory budget, as a JSON-able dict and as text (SPEC S13.5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from param_decomp.config.schema import DecomposeConfig, HFTarget
+from param_decomp.plan.abstract_step import AbstractStep
+from param_decomp.plan.flops import closed_form_flops
+from param_decomp.plan.hlo import collectives
+from param_decomp.sharding.memory_fit import GIB, _shard_bytes, format_bytes
+
+# Peak dense FLOP/s of one accelerator (vendor data sheets, dense, no sparsity).
+PEAK_PRESETS: dict[str, float] = {
+    "h100-bf16": 989e12,
+    "h100-fp32": 67e12,
+    "tpu-v5p-bf16": 459e12,
+}
+TOP_ARRAYS = 10
+
+
+def _path_str(path: tuple) -> str:
+    names = [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
+    return ".".join(n for n in names if n != "value")
+
+
+def _leaves(tree: Any, prefix: str) -> list[tuple[str, Any]]:
+    return [
+        (f"{prefix}.{_path_str(p)}".rstrip("."), leaf)
+        for p, leaf in jax.tree_util.tree_leaves_with_path(tree)
+    ]
+
+
+def _category(name: str) -> str:
+    if name.startswith("target."):
+        return "target"
+    if name.startswith("batch"):
+        return "batch"
+    if name.startswith("state.params."):
+        return "components" if ".components." in f".{name}." else "ci_function"
+    if name.startswith("state.opt_state"):
+        return "optimizer"
+    if name.startswith("state.adversary"):
+        return "adversary"
+    return "scalars"
+
+
+CATEGORY_LABELS = {
+    "target": "frozen target weights",
+    "components": "V/U",
+    "ci_function": "CI-function params",
+    "optimizer": "optimizer state (AdamW moments)",
+    "adversary": "persistent adversary state",
+    "scalars": "step, RNG key, NaN marker",
+    "batch": "batch",
+}
+
+
+def array_table(step: AbstractStep) -> list[dict[str, Any]]:
+    """Every argument of the step: name, category, global shape, dtype, spec, bytes/device."""
+    rows = []
+    leaves = (
+        _leaves(step.state.params, "state.params")
+        + _leaves(step.state.opt_state, "state.opt_state")
+        + _leaves(step.state.adversary, "state.adversary")
+        + [("state.step", step.state.step), ("state.key", step.state.key)]
+        + [("state.first_nonfinite_step", step.state.first_nonfinite_step)]
+        + _leaves(step.target_state, "target")
+        + [("batch", step.batch)]
+    )
+    for name, leaf in leaves:
+        rows.append(
+            {
+                "name": name,
+                "category": _category(name),
+                "shape": [int(d) for d in leaf.shape],
+                "dtype": str(leaf.dtype),
+                "spec": str(leaf.sharding.spec),
+                "bytes_per_device": _shard_bytes(leaf, leaf.sharding),
+            }
+        )
+    return rows
+
+
+def _memory(compiled: Any) -> dict[str, int]:
+    mem = compiled.memory_analysis()
+    keys = ("argument", "output", "alias", "temp", "generated_code")
+    return {k: int(getattr(mem, f"{k}_size_in_bytes")) for k in keys}
+
+
+def levers(cfg: DecomposeConfig, by_cat: dict[str, int], temp: int) -> list[str]:
+    """What would shrink the largest terms, each naming its config key; largest term first."""
+    mesh = cfg.mesh
+    options: list[tuple[int, str]] = []
+    if by_cat["target"]:
+        if mesh.shard_target_weights:
+            hint = "a larger mesh.fsdp (the frozen target's 2-D weights are split over it)"
+        else:
+            hint = (
+                "mesh.fsdp > 1 with mesh.shard_target_weights: true (splits the frozen target's "
+                "2-D weights over fsdp)"
+            )
+        if isinstance(cfg.target, HFTarget) and cfg.target.dtype == "float32":
+            hint += "; or the target held in bf16 (target.dtype: bfloat16)"
+        options.append((by_cat["target"], hint))
+    decomposition = by_cat["components"] + by_cat["optimizer"] + by_cat["ci_function"]
+    options.append(
+        (
+            decomposition,
+            "a larger mesh.tensor (V/U, their AdamW moments and the per-component CI weights are "
+            "split over C); or a smaller decomposition.C / fewer decomposition.sites",
+        )
+    )
+    options.append(
+        (
+            temp,
+            "a smaller train.batch_size or more batch shards (mesh.data x mesh.fsdp): the "
+            "activations among the temporaries scale with the rows each device holds",
+        )
+    )
+    options.sort(key=lambda o: -o[0])
+    return [f"{text} [acts on {format_bytes(n)}]" for n, text in options if n > 0]
+
+
+def build_report(
+    cfg: DecomposeConfig,
+    step: AbstractStep,
+    compiled: Any,
+    budget_gib: float,
+    peak_flops: float | None,
+    compile_s: float,
+) -> dict[str, Any]:
+    """The report of the compiled step (see the module docstring); JSON-able."""
+    n_devices = step.plan.mesh.size
+    arrays = array_table(step)
+    by_cat = {c: 0 for c in CATEGORY_LABELS}
+    for row in arrays:
+        by_cat[row["category"]] += row["bytes_per_device"]
+    mem = _memory(compiled)
+    # live at the peak: the arguments, the outputs not written in place of a donated
+    # argument, and XLA's temporaries (activations, gradients, workspace)
+    total = mem["argument"] + mem["output"] - mem["alias"] + mem["temp"]
+    rows = cfg.train.batch_size * (step.lm[0] if step.lm else 1)
+    closed = closed_form_flops(
+        step.objective,
+        step.site_shapes,
+        step.site_C,
+        step.all_site_shapes,
+        rows,
+        step.lm,
+        {k: int(v) for k, v in step.plan.mesh.shape.items()},
+    )
+    cost = compiled.cost_analysis()
+    xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
+    peaks = dict(PEAK_PRESETS)
+    if peak_flops is not None:
+        peaks["custom"] = peak_flops
+    budget = int(budget_gib * GIB)
+    fits = total <= budget
+    return {
+        "config": cfg.run_name,
+        "devices": n_devices,
+        "mesh": {k: int(v) for k, v in step.plan.mesh.shape.items()},
+        "shard_target_weights": cfg.mesh.shard_target_weights,
+        "sites": {s: {"shape": list(step.site_shapes[s]), "C": c} for s, c in step.site_C.items()},
+        "bytes_per_device": {
+            **by_cat,
+            "arguments": mem["argument"],
+            "outputs": mem["output"],
+            "aliased": mem["alias"],
+            "temporaries": mem["temp"],
+            "total": total,
+        },
+        "largest_arrays": sorted(arrays, key=lambda r: -r["bytes_per_device"])[:TOP_ARRAYS],
+        "flops": {
+            "xla_per_device": xla_flops,
+            "xla_sum_over_devices": xla_flops * n_devices,
+            "closed_form": closed,
+        },
+        "step_seconds_at_peak": {name: xla_flops / peak for name, peak in peaks.items()},
+        "peak_flops": peaks,
+        "collectives": collectives(compiled.as_text()),
+        "budget_gib": budget_gib,
+        "fits": fits,
+        "levers": [] if fits else levers(cfg, by_cat, mem["temp"]),
+        "compile_seconds": compile_s,
+    }
+
+
+def _gib(n: float) -> str:
+    """Bytes in the largest unit that keeps the number at least 1 (B, KiB, MiB, GiB)."""
+    for unit, size in (("GiB", GIB), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(n) >= size:
+            return f"{n / size:9.2f} {unit}"
+    return f"{n:9.0f} B  "
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report as a screen of text."""
+    b = report["bytes_per_device"]
+    mesh = " x ".join(f"{a} {n}" for a, n in report["mesh"].items())
+    lines = [
+        f"plan {report['config']}: {report['devices']} devices, mesh {mesh}"
+        + (", target weights over fsdp" if report["shard_target_weights"] else ""),
+        "",
+        "bytes per device",
+    ]
+    for cat, label in CATEGORY_LABELS.items():
+        lines.append(f"  {label:<40} {_gib(b[cat])}")
+    lines += [
+        f"  {'activations/temporaries (XLA temp)':<40} {_gib(b['temporaries'])}",
+        f"  {'outputs not in place of donated args':<40} {_gib(b['outputs'] - b['aliased'])}",
+        f"  {'total (args + outputs - aliased + temp)':<40} {_gib(b['total'])}",
+        "",
+        "largest arrays (per device)",
+    ]
+    for row in report["largest_arrays"]:
+        shape = "x".join(map(str, row["shape"])) or "scalar"
+        lines.append(
+            f"  {row['name']:<48} {shape:>16} {row['dtype']:<8} {row['spec']:<28} "
+            f"{_gib(row['bytes_per_device'])}"
+        )
+    f = report["flops"]
+    lines += [
+        "",
+        f"FLOPs per step per device: XLA {f['xla_per_device']:.3e}, closed form "
+        f"{f['closed_form']['per_device']:.3e} (whole mesh {f['closed_form']['step_total']:.3e}; "
+        f"{f['closed_form']['masked_forwards']} masked forwards, SPEC S13.5)",
+        "step time at peak (XLA FLOPs per device / peak): "
+        + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in report["step_seconds_at_peak"].items()),
+        "",
+        "collectives per step per device (count, bytes)",
+    ]
+    for op, c in report["collectives"].items():
+        lines.append(f"  {op:<20} {c['count']:6d} {_gib(c['bytes'])}")
+    verdict = "fits" if report["fits"] else "does NOT fit"
+    lines += [
+        "",
+        f"verdict: {_gib(b['total']).strip()} per device {verdict} in {report['budget_gib']} GiB",
+    ]
+    if report["levers"]:
+        lines.append("what would help:")
+        lines += [f"  - {text}" for text in report["levers"]]
+    return "\n".join(lines)
