@@ -4,7 +4,6 @@ every field, its exit code is the verdict, and it allocates nothing model-sized.
 
 import json
 import os
-import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -133,8 +132,9 @@ def test_planner_allocates_no_model_sized_buffer(tmp_path: Path) -> None:
     b = report["bytes_per_device"]
     arrays = sum(b[c] for c in ("target", "components", "ci_function", "optimizer"))
     assert arrays * report["devices"] > os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    peak_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # Linux: KiB
-    assert report["peak_rss_bytes"] <= peak_rss < 3 * 2**30
+    # the planning process's own peak (its RUSAGE_SELF): this worker's RUSAGE_CHILDREN also
+    # holds the peaks of every other test's subprocesses, so it says nothing about this one
+    assert 0 < report["peak_rss_bytes"] < 3 * 2**30, report["peak_rss_bytes"]
 
 
 def test_parse_mesh() -> None:
