@@ -100,11 +100,14 @@ def load_target(
     config_path: str,
     runs_dir: Path,
     plan: PlacementPlan | None = None,
+    target_cfg: BaseModel | HFTargetSpec | None = None,
 ) -> tuple[TargetConfig | PretrainConfig | HFTargetSpec, nnx.Module]:
     """The target's config and the trained target (trained or pretrained first if missing; an
     hf folder read straight into the plan's target shardings, S17.5), its sites resolved
-    against the config (S1.4)."""
-    target_cfg = load_target_config(cfg, config_path)
+    against the config (S1.4). `target_cfg`: the caller's `load_target_config` result, so an
+    hf folder's headers are not read again."""
+    if target_cfg is None:
+        target_cfg = load_target_config(cfg, config_path)
     if isinstance(target_cfg, HFTargetSpec):
         target = load_hf_target(target_cfg, plan.target_shardings if plan is not None else None)
     elif isinstance(target_cfg, PretrainConfig):
@@ -160,7 +163,7 @@ def build_session(
     check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
-    target_cfg, target = load_target(cfg, config_path, runs_dir, plan)
+    target_cfg, target = load_target(cfg, config_path, runs_dir, plan, target_cfg)
     graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
     objective = Objective.from_terms(cfg.losses)
