@@ -8,6 +8,9 @@ Sections (pick with `--only NAME`, repeatable or comma separated):
   memory_by_tensor_size  per-device bytes of V/U + optimizer state on a {data: -1, tensor: t}
                          mesh of 4 simulated CPU devices, t in 1, 2, 4 (runs in a subprocess,
                          because the device count is fixed when jax is first imported)
+  plan_8b                `param-decomp plan` of the 8B-shaped configs on 8 and 64 simulated
+                         devices, several layouts and memory levers (bench/plan_layouts.py;
+                         a child per layout, minutes each; reports in bench/results/plan/)
 
 Nothing here asserts on time: the numbers are measurements, written as JSON and printed.
 """
@@ -54,7 +57,8 @@ MEMORY_BENCH = "memory_by_tensor_size"
 MEMORY_TENSOR_SIZES = (1, 2, 4)
 MEMORY_BATCH = 256
 MEMORY_STEPS = 2
-ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH)
+PLAN_BENCH = "plan_8b"
+ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH, PLAN_BENCH)
 
 MATMUL_SHAPE = (2048, 1000, 1000)  # (m, k, n): a (m, k) @ (k, n) fp32 matmul
 
@@ -727,6 +731,12 @@ def main(argv: list[str] | None = None) -> int:
         print()
     if memory is not None:
         print_memory_table(memory)
+    if PLAN_BENCH in names:
+        # the 8B-shaped plans (bench/plan_layouts.py): a child process per layout, minutes each
+        sys.path.insert(0, str(REPO / "bench"))
+        import plan_layouts
+
+        plan_layouts.run()
     return 0
 
 

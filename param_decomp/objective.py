@@ -41,6 +41,7 @@ from param_decomp.targets.precision import (
 )
 
 PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
+REMAT_PARTS = ("masked_forwards", "faithfulness")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,9 @@ class Objective:
     psi_specs: tuple[PsiSpec, ...]
     plans: tuple[ReconPlan, ...]
     adversaries: tuple[AdversarySpec, ...] = ()
+    # S15.9: parts of the pass recomputed in the backward instead of kept ("masked_forwards",
+    # "faithfulness"); a memory lever that leaves every value and gradient unchanged
+    remat: tuple[str, ...] = ()
 
     @property
     def persistent(self) -> AdversarySpec | None:
@@ -56,7 +60,9 @@ class Objective:
         return next((a for a in self.adversaries if a.persistent), None)
 
     @classmethod
-    def from_terms(cls, terms: tuple[LossTerm, ...] | list[LossTerm]) -> Objective:
+    def from_terms(
+        cls, terms: tuple[LossTerm, ...] | list[LossTerm], remat: tuple[str, ...] | list[str] = ()
+    ) -> Objective:
         terms = tuple(terms)
         names = [t.type for t in terms]
         dupes = {n for n in names if names.count(n) > 1}
@@ -69,7 +75,18 @@ class Objective:
         )
         if sum(a.persistent for a in adversaries) > 1:
             raise ValueError("at most one persistent adversary per objective")
-        return cls(terms, psi_specs, plans, adversaries)
+        unknown = sorted(set(remat) - set(REMAT_PARTS))
+        if unknown:
+            raise ValueError(f"remat parts {unknown} unknown; allowed: {list(REMAT_PARTS)}")
+        return cls(terms, psi_specs, plans, adversaries, tuple(remat))
+
+    def masked_forward(self, target: Any, x: Array, site_fn: Any) -> Array:
+        """One masked forward of the target, its output in float32 (S15.6); with
+        "masked_forwards" in `remat` its activations are recomputed in the backward (S15.9)."""
+        with jax.named_scope("masked_forward"):
+            if "masked_forwards" in self.remat:
+                return jax.checkpoint(lambda x: at_least_float32(target(x, site_fn)))(x)
+            return at_least_float32(target(x, site_fn))
 
     def draw_sources(
         self, key: PRNGKeyArray, batch_shape: tuple[int, ...], sites: tuple[str, ...], C: SiteC
@@ -115,7 +132,14 @@ class Objective:
         if acts is None:
             acts = inner_acts(record, compute_VU)
         ctx = StepContext(
-            x, clean_output, weights, VU, ci_lower, ci_upper, jnp.asarray(progress, jnp.float32)
+            x,
+            clean_output,
+            weights,
+            VU,
+            ci_lower,
+            ci_upper,
+            jnp.asarray(progress, jnp.float32),
+            remat_faithfulness="faithfulness" in self.remat,
         )
         for psi in self.psi_specs:
             with jax.named_scope("component_means"):
@@ -136,8 +160,7 @@ class Objective:
                         record,
                         acts,
                     )
-                    with jax.named_scope("masked_forward"):
-                        row.append(at_least_float32(target(compute_x, site_fn)))
+                    row.append(self.masked_forward(target, compute_x, site_fn))
                 outputs.append(row)
             ctx.recon_outputs[plan] = outputs
         for spec in self.adversaries:
@@ -198,8 +221,7 @@ class Objective:
                 used = sg(final)
             fwd = adversary_forward(spec, used, routed, batch_shape)
             site_fn = masked_site_fn(live, compute_VU, ctx.ci_lower, fwd, spec.delta, record, acts)
-            with jax.named_scope("masked_forward"):
-                outputs.append(at_least_float32(target(x, site_fn)))
+            outputs.append(self.masked_forward(target, x, site_fn))
             finals.update(sg(final))
         ctx.adversarial_outputs[spec] = outputs
         ctx.adversary_sources[spec] = finals

@@ -160,6 +160,11 @@ class Optimizer(StrictModel):
     b1: Fraction = 0.9
     b2: Fraction = 0.999
     grad_clip_norm: PositiveFloat | None = None
+    moment_dtype: Literal["float32", "bfloat16"] = Field(
+        default="float32",
+        description="storage dtype of both AdamW moments (S10.5); bfloat16 halves the "
+        "optimizer state, the update itself is computed in float32",
+    )
 
 
 # ----------------------------------------------------------------------------- logging
@@ -445,6 +450,11 @@ class DecomposeTraining(StrictModel):
         description="target and masked forwards' dtype (S15.6); bfloat16 keeps fp32 masters, "
         "CI function, masks and losses",
     )
+    remat: list[Literal["masked_forwards", "faithfulness"]] = Field(
+        default_factory=list,
+        description="parts of the step recomputed in the backward instead of kept (S15.9): "
+        "masked_forwards (their activations), faithfulness (each site's V U)",
+    )
 
 
 class Eval(StrictModel):
@@ -476,6 +486,11 @@ class Mesh(StrictModel):
     fsdp: PositiveInt = 1
     tensor: PositiveInt = 1
     shard_target_weights: bool = False
+    shard_optimizer_state: bool = Field(
+        default=False,
+        description="split the AdamW moments over the batch axes (data, fsdp) too, "
+        "ZeRO-style (S13.6)",
+    )
 
     @field_validator("data")
     @classmethod

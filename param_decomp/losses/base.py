@@ -52,6 +52,7 @@ class StepContext:
     ci_lower: dict[str, Array]
     ci_upper: dict[str, Array]
     progress: Array
+    remat_faithfulness: bool = False  # S15.9: recompute each site's V U in the backward
     component_means: dict[PsiSpec, dict[str, Float[Array, " C"]]] = field(default_factory=dict)
     recon_outputs: dict[ReconPlan, list[list[Array]]] = field(default_factory=dict)
     # S6A: the masked outputs at each adversary's final sources (one per live group), and those

@@ -77,7 +77,7 @@ def abstract_batch(
 def build_abstract_step(cfg: DecomposeConfig, target_cfg: TargetSpec) -> AbstractStep:
     """The run's jitted step and its sharded abstract arguments on `build_mesh(cfg.mesh)` over
     every visible device (the caller checks the mesh first, `check_mesh`)."""
-    plan = PlacementPlan(build_mesh(cfg.mesh), cfg.mesh.shard_target_weights)
+    plan = PlacementPlan.for_config(build_mesh(cfg.mesh), cfg.mesh)
     target_graphdef, target_state = abstract_target_parts(target_cfg)
     target = nnx.merge(target_graphdef, target_state)
     weights = jax.eval_shape(lambda s: nnx.merge(target_graphdef, s).site_weights(), target_state)
@@ -91,7 +91,7 @@ def build_abstract_step(cfg: DecomposeConfig, target_cfg: TargetSpec) -> Abstrac
         )
     )
     graphdef, params = nnx.split(model)
-    objective = Objective.from_terms(cfg.losses)
+    objective = Objective.from_terms(cfg.losses, cfg.train.remat)
     optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
     init = make_init(
         objective, optimizer, jax.random.key(cfg.seed), tuple(model.site_names), model.site_C

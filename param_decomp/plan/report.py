@@ -92,8 +92,9 @@ def _memory(compiled: Any) -> dict[str, int]:
 
 
 def levers(cfg: DecomposeConfig, by_cat: dict[str, int], temp: int) -> list[str]:
-    """What would shrink the largest terms, each naming its config key; largest term first."""
-    mesh = cfg.mesh
+    """What would shrink the largest terms, each naming its config key (only levers not
+    already pulled); largest term first."""
+    mesh, train = cfg.mesh, cfg.train
     options: list[tuple[int, str]] = []
     if by_cat["target"]:
         if mesh.shard_target_weights:
@@ -106,23 +107,49 @@ def levers(cfg: DecomposeConfig, by_cat: dict[str, int], temp: int) -> list[str]
         if isinstance(cfg.target, HFTarget) and cfg.target.dtype == "float32":
             hint += "; or the target held in bf16 (target.dtype: bfloat16)"
         options.append((by_cat["target"], hint))
-    decomposition = by_cat["components"] + by_cat["optimizer"] + by_cat["ci_function"]
     options.append(
         (
-            decomposition,
-            "a larger mesh.tensor (V/U, their AdamW moments and the per-component CI weights are "
-            "split over C); or a smaller decomposition.C / fewer decomposition.sites",
+            by_cat["components"] + by_cat["ci_function"],
+            "a larger mesh.tensor (V/U and the per-component CI weights are split over C); or a "
+            "smaller decomposition.C / fewer decomposition.sites",
         )
     )
-    options.append(
-        (
-            temp,
-            "a smaller train.batch_size or more batch shards (mesh.data x mesh.fsdp): the "
-            "activations among the temporaries scale with the rows each device holds",
+    moment_hints = []
+    if train.optimizer.moment_dtype == "float32":
+        moment_hints.append("train.optimizer.moment_dtype: bfloat16 (halves it, S10.5)")
+    if not mesh.shard_optimizer_state:
+        moment_hints.append(
+            "mesh.shard_optimizer_state: true (splits it over the batch axes data x fsdp, S13.6)"
         )
+    if moment_hints:
+        options.append((by_cat["optimizer"], "optimizer state: " + "; ".join(moment_hints)))
+    temp_hints = []
+    remat_missing = [p for p in ("masked_forwards", "faithfulness") if p not in train.remat]
+    if remat_missing:
+        temp_hints.append(f"train.remat: {sorted(set(train.remat) | set(remat_missing))} (S15.9)")
+    temp_hints.append(
+        "train.micro_batches > 1 (gradient accumulation: one micro-batch's activations live, S10.4)"
     )
+    temp_hints.append(
+        "a smaller train.batch_size or more batch shards (mesh.data x mesh.fsdp): the "
+        "activations scale with the rows each device holds"
+    )
+    options.append((temp, "temporaries: " + "; ".join(temp_hints)))
     options.sort(key=lambda o: -o[0])
     return [f"{text} [acts on {format_bytes(n)}]" for n, text in options if n > 0]
+
+
+def levers_in_effect(cfg: DecomposeConfig) -> dict[str, Any]:
+    """The memory levers this config pulls (issue 12), as the report states them."""
+    train = cfg.train
+    return {
+        "compute_dtype": train.compute_dtype,
+        "moment_dtype": train.optimizer.moment_dtype,
+        "shard_optimizer_state": cfg.mesh.shard_optimizer_state,
+        "shard_target_weights": cfg.mesh.shard_target_weights,
+        "remat": list(train.remat),
+        "micro_batches": int(getattr(train, "micro_batches", 1)),
+    }
 
 
 def build_report(
@@ -165,6 +192,7 @@ def build_report(
         "devices": n_devices,
         "mesh": {k: int(v) for k, v in step.plan.mesh.shape.items()},
         "shard_target_weights": cfg.mesh.shard_target_weights,
+        "levers_in_effect": levers_in_effect(cfg),
         "sites": {s: {"shape": list(step.site_shapes[s]), "C": c} for s, c in step.site_C.items()},
         "bytes_per_device": {
             **by_cat,
@@ -205,6 +233,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines = [
         f"plan {report['config']}: {report['devices']} devices, mesh {mesh}"
         + (", target weights over fsdp" if report["shard_target_weights"] else ""),
+        "levers: " + ", ".join(f"{k} {v}" for k, v in report["levers_in_effect"].items()),
         "",
         "bytes per device",
     ]

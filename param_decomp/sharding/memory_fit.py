@@ -213,7 +213,7 @@ def estimate_decomposition_bytes(
     as a ConfigError)."""
     shape = resolve_mesh_shape(cfg.mesh, n_devices)
     mesh = AbstractMesh(tuple(shape[a] for a in AXES), AXES)
-    plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
+    plan = PlacementPlan.for_config(mesh, cfg.mesh)
     dec = cfg.decomposition
 
     target_state, weights = _abstract_target(target_cfg)

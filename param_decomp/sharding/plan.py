@@ -22,10 +22,19 @@ LOGICAL_TO_MESH: dict[str, Any] = {
 }
 
 
+BATCH_AXES = ("data", "fsdp")
+
+
 @dataclass(frozen=True)
 class PlacementPlan:
     mesh: Mesh
     shard_site_dims: bool = False
+    shard_moments: bool = False  # S13.6: AdamW moments also over the batch axes (ZeRO-style)
+
+    @classmethod
+    def for_config(cls, mesh: Mesh, mesh_cfg: Any) -> PlacementPlan:
+        """The plan a config's `mesh:` block asks for on `mesh`."""
+        return cls(mesh, mesh_cfg.shard_target_weights, mesh_cfg.shard_optimizer_state)
 
     def spec(
         self, logical: tuple[str | None, ...], shape: tuple[int, ...] | None = None
@@ -76,6 +85,37 @@ class PlacementPlan:
             return self.replicated()
 
         return jax.tree_util.tree_map_with_path(place, params)
+
+    def moment_sharding(self, param: NamedSharding, shape: tuple[int, ...]) -> NamedSharding:
+        """An optimizer moment of a param placed by `param` (S13.2); with `shard_moments` also
+        split over the batch axes the param does not already use (S13.6): on its first
+        unsharded dim they divide, else folded into the first sharded dim whose size the
+        combined axes divide. Moments too small to split stay as their param."""
+        if not self.shard_moments:
+            return param
+        spec = list(param.spec) + [None] * (len(shape) - len(param.spec))
+        used = {a for axes in spec if axes for a in ((axes,) if isinstance(axes, str) else axes)}
+        extra = tuple(a for a in BATCH_AXES if a not in used and self.mesh.shape[a] > 1)
+        if not extra:
+            return param
+        size = 1
+        for a in extra:
+            size *= self.mesh.shape[a]
+        for i, axes in enumerate(spec):
+            if axes is None and shape[i] % size == 0:
+                spec[i] = extra if len(extra) > 1 else extra[0]
+                return NamedSharding(self.mesh, PartitionSpec(*spec))
+        for i, axes in enumerate(spec):
+            if axes is None:
+                continue
+            have = (axes,) if isinstance(axes, str) else tuple(axes)
+            total = size
+            for a in have:
+                total *= self.mesh.shape[a]
+            if shape[i] % total == 0:
+                spec[i] = have + extra
+                return NamedSharding(self.mesh, PartitionSpec(*spec))
+        return param
 
     def target_shardings(self, target_state: Any) -> Any:
         """Frozen target weights: replicated, or rows over fsdp when `shard_target_weights`."""

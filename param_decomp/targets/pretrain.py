@@ -131,7 +131,7 @@ def pretrain(
         graphdef, params = nnx.split(model)  # every variable of the LM is a trained Param
         optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
         dtype = cfg.train.compute_dtype
-        plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
+        plan = PlacementPlan.for_config(mesh, cfg.mesh)
         param_shardings = plan.target_shardings(params)
         opt_abstract = jax.eval_shape(optimizer.init, params)
         state_shardings = (param_shardings, moment_shardings(opt_abstract, param_shardings, plan))

@@ -162,11 +162,11 @@ def build_session(
     target_cfg = load_target_config(cfg, config_path)
     check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
     mesh = build_mesh(cfg.mesh)
-    plan = PlacementPlan(mesh, cfg.mesh.shard_target_weights)
+    plan = PlacementPlan.for_config(mesh, cfg.mesh)
     target_cfg, target = load_target(cfg, config_path, runs_dir, plan, target_cfg)
     graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
-    objective = Objective.from_terms(cfg.losses)
+    objective = Objective.from_terms(cfg.losses, cfg.train.remat)
     steps = cfg.train.steps
     optimizer = make_optimizer(cfg.train.optimizer, steps)
     warm = cfg.train.faithfulness_warmup

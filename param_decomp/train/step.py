@@ -215,8 +215,9 @@ def make_faithfulness_warmup(
 
 
 def moment_shardings(opt_state: Any, param_shardings: Any, plan: PlacementPlan) -> Any:
-    """Optimizer moments shaped like the params are sharded like them (S13.2); the rest
-    (counts, schedule state) is replicated."""
+    """Optimizer moments shaped like the params are sharded like them (S13.2), or also over
+    the batch axes with `plan.shard_moments` (S13.6); the rest (counts, schedule state) is
+    replicated."""
     params_def = jax.tree.structure(param_shardings)
 
     def is_param_like(node: Any) -> bool:
@@ -225,11 +226,14 @@ def moment_shardings(opt_state: Any, param_shardings: Any, plan: PlacementPlan) 
         except Exception:  # noqa: BLE001 - any non-pytree node is simply not param-like
             return False
 
-    return jax.tree.map(
-        lambda node: param_shardings if is_param_like(node) else plan.replicated(),
-        opt_state,
-        is_leaf=is_param_like,
-    )
+    def place(node: Any) -> Any:
+        if not is_param_like(node):
+            return plan.replicated()
+        return jax.tree.map(
+            lambda s, leaf: plan.moment_sharding(s, tuple(leaf.shape)), param_shardings, node
+        )
+
+    return jax.tree.map(place, opt_state, is_leaf=is_param_like)
 
 
 def make_init(

@@ -43,14 +43,25 @@ def _device0_bytes(tree: object) -> dict[str, int]:
 
 
 def test_planned_bytes_equal_the_bytes_a_real_step_places() -> None:
-    """Acceptance 2 (S13.5): on 4 devices with fsdp 2 x tensor 2 and the target sharded over
-    fsdp, the planned per-device bytes of V/U, CI params, optimizer state and target weights
-    equal the shards a real `place_and_jit` allocates on device 0, exactly; the categories sum
-    to XLA's argument bytes; the real step's compiled temporaries equal the plan's (tolerance
-    0: the same function with the same shardings)."""
+    """Acceptance 2 (S13.5): on 4 devices with fsdp 2 x tensor 2, the target sharded over
+    fsdp and the memory levers pulled (bf16 moments split over fsdp, remat), the planned
+    per-device bytes of V/U, CI params, optimizer state and target weights equal the shards
+    a real `place_and_jit` allocates on device 0, exactly; the categories sum to XLA's
+    argument bytes; the real step's compiled temporaries equal the plan's (tolerance 0: the
+    same function with the same shardings)."""
     cfg = load_decompose_config(MICRO)
-    mesh = cfg.mesh.model_copy(update={"data": 1, "fsdp": 2, "tensor": 2})
-    cfg = cfg.model_copy(update={"mesh": mesh.model_copy(update={"shard_target_weights": True})})
+    mesh = cfg.mesh.model_copy(
+        update={
+            "data": 1,
+            "fsdp": 2,
+            "tensor": 2,
+            "shard_target_weights": True,
+            "shard_optimizer_state": True,  # S13.6
+        }
+    )
+    optimizer = cfg.train.optimizer.model_copy(update={"moment_dtype": "bfloat16"})  # S10.5
+    train = cfg.train.model_copy(update={"optimizer": optimizer, "remat": ["masked_forwards"]})
+    cfg = cfg.model_copy(update={"mesh": mesh, "train": train})
     target_cfg = load_target_config(cfg, str(MICRO))
 
     step = build_abstract_step(cfg, target_cfg)
@@ -61,9 +72,9 @@ def test_planned_bytes_equal_the_bytes_a_real_step_places() -> None:
     target = build_llama(target_cfg)
     graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
-    plan = PlacementPlan(build_mesh(cfg.mesh), True)
+    plan = PlacementPlan.for_config(build_mesh(cfg.mesh), cfg.mesh)
     real = place_and_jit(
-        Objective.from_terms(cfg.losses),
+        Objective.from_terms(cfg.losses, cfg.train.remat),
         graphdef,
         target_graphdef,
         params,
@@ -114,9 +125,19 @@ def test_cli_reports_writes_json_and_exits_with_the_verdict(tmp_path: Path, capf
     assert peaks["custom"] == report["flops"]["xla_per_device"] / 1e12
     assert report["collectives"]["all-reduce"]["count"] > 0  # the data-parallel gradient sum
 
+    assert report["levers_in_effect"]["moment_dtype"] == "float32"
+
     budget = b["total"] / 2**30 * 1.01
-    assert main(["plan", str(TMS), "--devices", "2", "--budget-gib", str(budget)]) == 0
+    bf16 = ["--set", "train.optimizer.moment_dtype=bfloat16", "--json", str(out)]
+    assert main(["plan", str(TMS), "--devices", "2", "--budget-gib", str(budget), *bf16]) == 0
     assert "fits in" in capfd.readouterr().out
+    narrow = json.loads(out.read_text())
+    assert narrow["levers_in_effect"]["moment_dtype"] == "bfloat16"
+    assert 2 * narrow["bytes_per_device"]["optimizer"] < b["optimizer"] + 64  # + the counts
+    # a --set of an unknown key fails like one written in the file (exit 2, naming it)
+    assert main(["plan", str(TMS), "--devices", "2", "--set", "train.momentum=1"]) == 2
+    assert "train.momentum" in capfd.readouterr().err
+    assert main(["plan", str(TMS), "--devices", "2", "--set", "no_equals_sign"]) == 2
     assert main(["plan", str(TMS), "--devices", "2", "--mesh", "model=2"]) == 2
 
 
