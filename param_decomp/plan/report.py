@@ -117,8 +117,9 @@ def levers(cfg: DecomposeConfig, by_cat: dict[str, int], temp: int) -> list[str]
     options.append(
         (
             temp,
-            "a smaller train.batch_size or more batch shards (mesh.data x mesh.fsdp): the "
-            "activations among the temporaries scale with the rows each device holds",
+            "a smaller train.batch_size, more batch shards (mesh.data x mesh.fsdp) or a larger "
+            "train.micro_batches (gradient accumulation, S10.4): the activations among the "
+            "temporaries scale with the rows each device holds at a time",
         )
     )
     options.sort(key=lambda o: -o[0])
