@@ -140,28 +140,6 @@ def make_train_step(
             "micro-batch, not the batch (S10.4)"
         )
 
-    def micro_grad(
-        p: nnx.State,
-        target_state: nnx.State,
-        x: Array,
-        key: Array,
-        progress: Array,
-        global_means: GlobalMeans | None,
-    ) -> tuple[Any, dict[str, Array]]:
-        loss = lambda q: objective_loss(  # noqa: E731
-            objective,
-            graphdef,
-            target_graphdef,
-            q,
-            target_state,
-            x,
-            key,
-            progress,
-            compute_dtype,
-            global_means,
-        )
-        return jax.grad(loss, has_aux=True)(p)
-
     def micro_batched_grads(
         state: DecompState, target_state: nnx.State, batch: Array, key: Array, progress: Array
     ) -> tuple[Any, dict[str, Array]]:
@@ -178,13 +156,27 @@ def make_train_step(
             progress,
             compute_dtype,
         )
-        return accumulated_grads(
-            lambda p, x, k, f: micro_grad(p, target_state, x, k, progress, f),
-            state.params,
-            micro,
-            key,
-            global_means,
-        )
+
+        def micro_grad(
+            p: nnx.State, x: Array, micro_key: Array, f: GlobalMeans | None
+        ) -> tuple[Any, dict[str, Array]]:
+            return jax.grad(
+                lambda q: objective_loss(
+                    objective,
+                    graphdef,
+                    target_graphdef,
+                    q,
+                    target_state,
+                    x,
+                    micro_key,
+                    progress,
+                    compute_dtype,
+                    f,
+                ),
+                has_aux=True,
+            )(p)
+
+        return accumulated_grads(micro_grad, state.params, micro, key, global_means)
 
     def train_step(
         state: DecompState, target_state: nnx.State, batch: Array
