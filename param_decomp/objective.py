@@ -14,7 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray
 
 from param_decomp.decomposition.adversary import (
     AdversarySpec,
@@ -42,6 +42,24 @@ from param_decomp.targets.precision import (
 
 PlanSources = dict[ReconPlan, list[list[dict[str, Any]]]]
 REMAT_PARTS = ("masked_forwards", "faithfulness")
+
+
+@dataclass(frozen=True)
+class CleanPass:
+    """The fused pass up to the CI: the target and batch in the compute dtype, the clean
+    output and per-site record, the frozen weights, V/U (masters and compute copies), x @ V
+    and the CI."""
+
+    compute_target: Any
+    compute_x: Array
+    clean_output: Array
+    record: CleanRecord
+    weights: dict[str, Array]
+    VU: dict[str, tuple[Array, Array]]
+    compute_VU: dict[str, tuple[Array, Array]]
+    acts: dict[str, Array]
+    ci_lower: dict[str, Array]
+    ci_upper: dict[str, Array]
 
 
 @dataclass(frozen=True)
@@ -141,11 +159,7 @@ class Objective:
             jnp.asarray(progress, jnp.float32),
             remat_faithfulness="faithfulness" in self.remat,
         )
-        for psi in self.psi_specs:
-            with jax.named_scope("component_means"):
-                ctx.component_means[psi] = {
-                    s: component_means(psi(ci_upper[s], ctx.progress)) for s in sites
-                }
+        ctx.component_means.update(self.psi_means(sites, ci_upper, ctx.progress))
         for plan in self.plans:
             outputs = []
             for sample in sources[plan]:
@@ -226,22 +240,11 @@ class Objective:
         ctx.adversarial_outputs[spec] = outputs
         ctx.adversary_sources[spec] = finals
 
-    def context(
-        self,
-        target: Any,
-        decomposition: Any,
-        x: Array,
-        sources: PlanSources,
-        progress: Array,
-        adversary_sources: dict[str, Array] | None = None,
-        compute_dtype: ComputeDtype = "float32",
-    ) -> StepContext:
-        """Full fused pass from the batch: clean forward, x @ V once per site, CI, then
-        `context_from_ci`.
-
-        With `compute_dtype` "bfloat16" the target's forwards and the site products run on bf16
-        copies of the target weights and of V, U, while the CI function, the masks, the
-        distances and every loss read float32 (S15.6, S15.7); "float32" is today's graph."""
+    def clean_pass(
+        self, target: Any, decomposition: Any, x: Array, compute_dtype: ComputeDtype = "float32"
+    ) -> CleanPass:
+        """Everything upstream of `context_from_ci`: the clean forward, x @ V once per site and
+        the CI (shared by `context` and `global_component_means`)."""
         sites = decomposition.site_names
         compute_target = module_in_dtype(target, compute_dtype)
         compute_x = compute_cast(x, compute_dtype)  # a float batch; token ids stay as they are
@@ -259,21 +262,68 @@ class Objective:
             ci_lower, ci_upper = decomposition.causal_importances(
                 at_least_float32(decomposition.ci_taps(record)), VU, at_least_float32(acts)
             )
-        return self.context_from_ci(
-            compute_target,
-            x,
-            clean,
-            record,
-            weights,
-            VU,
-            ci_lower,
+        return CleanPass(
+            compute_target, compute_x, clean, record, weights, VU, compute_VU, acts, ci_lower,
             ci_upper,
+        )  # fmt: skip
+
+    def psi_means(
+        self, sites: tuple[str, ...], ci_upper: dict[str, Array], progress: Array
+    ) -> dict[PsiSpec, dict[str, Float[Array, " C"]]]:
+        """f_c of every distinct psi at every site: the per-component means over the batch."""
+        out = {}
+        for psi in self.psi_specs:
+            with jax.named_scope("component_means"):
+                out[psi] = {s: component_means(psi(ci_upper[s], progress)) for s in sites}
+        return out
+
+    def global_component_means(
+        self,
+        target: Any,
+        decomposition: Any,
+        x: Array,
+        progress: Array,
+        compute_dtype: ComputeDtype = "float32",
+    ) -> dict[PsiSpec, dict[str, Float[Array, " C"]]]:
+        """The component means of `x` alone (clean forward and CI, no masked forward), without
+        gradient: a micro-batched step averages them over its micro-batches to get the global
+        batch's f (S10.4)."""
+        clean = self.clean_pass(target, decomposition, x, compute_dtype)
+        means = self.psi_means(tuple(clean.VU), clean.ci_upper, jnp.asarray(progress, jnp.float32))
+        return {psi: jax.lax.stop_gradient(by_site) for psi, by_site in means.items()}
+
+    def context(
+        self,
+        target: Any,
+        decomposition: Any,
+        x: Array,
+        sources: PlanSources,
+        progress: Array,
+        adversary_sources: dict[str, Array] | None = None,
+        compute_dtype: ComputeDtype = "float32",
+    ) -> StepContext:
+        """Full fused pass from the batch: clean forward, x @ V once per site, CI, then
+        `context_from_ci`.
+
+        With `compute_dtype` "bfloat16" the target's forwards and the site products run on bf16
+        copies of the target weights and of V, U, while the CI function, the masks, the
+        distances and every loss read float32 (S15.6, S15.7); "float32" is today's graph."""
+        c = self.clean_pass(target, decomposition, x, compute_dtype)
+        return self.context_from_ci(
+            c.compute_target,
+            x,
+            c.clean_output,
+            c.record,
+            c.weights,
+            c.VU,
+            c.ci_lower,
+            c.ci_upper,
             sources,
             progress,
-            acts,
+            c.acts,
             adversary_sources,
-            compute_VU,
-            compute_x,
+            c.compute_VU,
+            c.compute_x,
         )
 
     def evaluate(self, ctx: StepContext) -> tuple[Array, dict[str, Array]]:

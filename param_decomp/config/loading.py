@@ -340,6 +340,19 @@ def _validate_terms(adapter: Any, raw_losses: list) -> tuple[list[Any], list[tup
     return [], problems or [("losses", "a number is out of range")]
 
 
+def _micro_batch_term_problems(micro_batches: int, terms: list[Any]) -> list[tuple[str, str]]:
+    """S10.4: an adversarial term's ascent would see one micro-batch, not the batch."""
+    adversarial = [t.type for t in terms if t.needs().adversary is not None]
+    if micro_batches == 1 or not adversarial:
+        return []
+    msg = (
+        f"{micro_batches} micro-batches cannot be used with the adversarial term(s) "
+        f"{', '.join(adversarial)}: their ascent would see one micro-batch, not the batch; "
+        "set train.micro_batches: 1 or drop the adversarial terms"
+    )
+    return [("train.micro_batches", msg)]
+
+
 def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
     from param_decomp.losses.registry import loss_list_adapter
 
@@ -380,6 +393,8 @@ def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
         hf_folder, hf_problems = _hf_folder_problems(target["hf"], Path(path))
         problems += hf_problems
 
+    if cfg is not None:
+        problems += _micro_batch_term_problems(cfg.train.micro_batches, terms)
     if problems or cfg is None:
         raise ConfigError(path, problems or [("", "invalid config")])
     if isinstance(cfg.target, HFTarget):
@@ -466,9 +481,29 @@ def mesh_problems(
     return problems
 
 
+def micro_batch_problems(
+    mesh: Mesh, n_devices: int, batch_size: int, micro_batches: int
+) -> list[tuple[str, str]]:
+    """S10.4: every micro-batch still splits over the batch shards, so train.batch_size must be
+    divisible by micro_batches x data x fsdp."""
+    shape = resolve_mesh_shape(mesh, n_devices)
+    shards = shape["data"] * shape["fsdp"]
+    if micro_batches == 1 or batch_size % (micro_batches * shards) == 0:
+        return []
+    msg = (
+        f"{micro_batches} micro-batches of train.batch_size {batch_size}: the batch size must be "
+        f"divisible by micro_batches x data x fsdp = {micro_batches} x {shards} = "
+        f"{micro_batches * shards} (each micro-batch splits over the batch shards)"
+    )
+    return [("train.micro_batches", msg)]
+
+
 def check_mesh(cfg: DecomposeConfig, n_devices: int, file: str | Path) -> None:
-    """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor."""
+    """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor;
+    S10.4: batch % (micro_batches*data*fsdp)."""
     batches = (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
     problems = mesh_problems(cfg.mesh, n_devices, batches, tuple(cfg.decomposition.all_C()))
+    train = cfg.train
+    problems += micro_batch_problems(cfg.mesh, n_devices, train.batch_size, train.micro_batches)
     if problems:
         raise ConfigError(file, problems)

@@ -445,6 +445,11 @@ class DecomposeTraining(StrictModel):
     optimizer: Optimizer
     faithfulness_warmup: FaithfulnessWarmup = FaithfulnessWarmup()
     log_every: PositiveInt = 100
+    micro_batches: PositiveInt = Field(
+        default=1,
+        description="gradient accumulation over this many micro-batches of train.batch_size, one "
+        "update (S10.4): only one micro-batch's activations are live at a time",
+    )
     compute_dtype: Literal["float32", "bfloat16"] = Field(
         default="float32",
         description="target and masked forwards' dtype (S15.6); bfloat16 keeps fp32 masters, "

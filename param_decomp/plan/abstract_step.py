@@ -109,6 +109,7 @@ def build_abstract_step(cfg: DecomposeConfig, target_cfg: TargetSpec) -> Abstrac
             optimizer,
             cfg.train.steps,
             cfg.train.compute_dtype,  # a bf16 run is planned as it runs (S15.6)
+            cfg.train.micro_batches,  # and a micro-batched one (S10.4)
         ),
         state_shardings,
         target_shardings,

@@ -17,6 +17,10 @@ One step = T (the clean forward, no gradient) + 3 x (forward + ~2x backward) of:
 A reconstruction plan runs n_mask_samples forwards (times one per site for `each` routing,
 that site alone live); an adversary n_steps + 1 forwards with every site live.
 
+With train.micro_batches k > 1 (S10.4) and an importance term, a first pass runs the clean
+forward and x @ V once more (no gradient) for the global component means, and every micro-batch
+forms faithfulness's V @ U again (k times forward and backward).
+
 Per device: the row terms split over all devices (XLA's partitioner splits the rows over
 data x fsdp and the component products over tensor), V @ U only over tensor (it depends on no
 row, so every batch shard forms it in full). The row split is an assumption about XLA's
@@ -42,6 +46,7 @@ def closed_form_flops(
     rows: int,
     lm: tuple[int, int, int] | None,
     mesh: dict[str, int],
+    micro_batches: int = 1,
 ) -> dict[str, int]:
     """The step's matmul FLOPs over the whole mesh (the module docstring's formula)."""
     R = rows
@@ -85,7 +90,9 @@ def closed_form_flops(
         else 0
     )
     row_total = target + BACKWARD_FACTOR * (inner + masked_total)
-    weight_total = BACKWARD_FACTOR * weight_products
+    if micro_batches > 1 and objective.psi_specs:
+        row_total += target + inner  # S10.4: the global component means' pass
+    weight_total = BACKWARD_FACTOR * weight_products * micro_batches
     devices = mesh["data"] * mesh["fsdp"] * mesh["tensor"]
     return {
         "rows": R,

@@ -148,7 +148,7 @@ def levers_in_effect(cfg: DecomposeConfig) -> dict[str, Any]:
         "shard_optimizer_state": cfg.mesh.shard_optimizer_state,
         "shard_target_weights": cfg.mesh.shard_target_weights,
         "remat": list(train.remat),
-        "micro_batches": int(getattr(train, "micro_batches", 1)),
+        "micro_batches": train.micro_batches,
     }
 
 
@@ -179,6 +179,7 @@ def build_report(
         rows,
         step.lm,
         {k: int(v) for k, v in step.plan.mesh.shape.items()},
+        cfg.train.micro_batches,
     )
     cost = compiled.cost_analysis()
     xla_flops = float(cost.get("flops", 0.0)) if cost else 0.0
@@ -207,6 +208,7 @@ def build_report(
             "xla_per_device": xla_flops,
             "xla_sum_over_devices": xla_flops * n_devices,
             "closed_form": closed,
+            "micro_batches": cfg.train.micro_batches,
         },
         "step_seconds_at_peak": {name: xla_flops / peak for name, peak in peaks.items()},
         "peak_flops": peaks,
@@ -260,9 +262,14 @@ def format_report(report: dict[str, Any]) -> str:
         f"{f['closed_form']['masked_forwards']} masked forwards, SPEC S13.5)",
         "step time at peak (XLA FLOPs per device / peak): "
         + ", ".join(f"{k} {v * 1e3:.3g} ms" for k, v in report["step_seconds_at_peak"].items()),
-        "",
-        "collectives per step per device (count, bytes)",
     ]
+    if f.get("micro_batches", 1) > 1:
+        lines.append(
+            f"  (train.micro_batches {f['micro_batches']}: XLA's FLOPs do not follow the "
+            "micro-batch loop, read the closed form; the collectives below count its body once, "
+            "not once per micro-batch; S10.4)"
+        )
+    lines += ["", "collectives per step per device (count, bytes)"]
     for op, c in report["collectives"].items():
         lines.append(f"  {op:<20} {c['count']:6d} {_gib(c['bytes'])}")
     verdict = "fits" if report["fits"] else "does NOT fit"

@@ -188,6 +188,7 @@ def build_session(
         jax.random.key(cfg.seed),
         warmup,
         cfg.train.compute_dtype,
+        cfg.train.micro_batches,
     )
     source = make_source(cfg, target_cfg, target, compiled.batch_sharding, Path(runs_dir))
     return Session(

@@ -23,6 +23,13 @@ from param_decomp.decomposition.adversary import adversary_update, init_adversar
 from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.precision import ComputeDtype
+from param_decomp.train.micro_batches import (
+    GlobalMeans,
+    accumulated_grads,
+    global_component_means,
+    pin_to_global,
+    split_micro_batches,
+)
 
 
 @struct.dataclass
@@ -67,9 +74,11 @@ def objective_loss(
     key: Array,
     progress: Array,
     compute_dtype: ComputeDtype = "float32",
+    global_means: GlobalMeans | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Total loss and metrics for one batch; the function the step differentiates (so a bf16
-    compute dtype casts in here and the gradients reach the float32 masters, S15.6)."""
+    compute dtype casts in here and the gradients reach the float32 masters, S15.6).
+    `global_means`: a micro-batch's pass reads the global batch's component means (S10.4)."""
     total, (metrics, _) = objective_loss_and_sources(
         objective,
         graphdef,
@@ -80,6 +89,7 @@ def objective_loss(
         key,
         progress,
         compute_dtype=compute_dtype,
+        global_means=global_means,
     )
     return total, metrics
 
@@ -95,6 +105,7 @@ def objective_loss_and_sources(
     progress: Array,
     adversary_sources: dict[str, Array] | None = None,
     compute_dtype: ComputeDtype = "float32",
+    global_means: GlobalMeans | None = None,
 ) -> tuple[Array, tuple[dict[str, Array], dict[str, Array] | None]]:
     """`objective_loss` given the persistent adversary's sources; the aux also returns its
     warmed-up sources (S6A.5), None without a persistent term."""
@@ -104,6 +115,8 @@ def objective_loss_and_sources(
     ctx = objective.context(
         target, model, batch, sources, progress, adversary_sources, compute_dtype
     )
+    if global_means is not None:
+        ctx.component_means = pin_to_global(objective, ctx.component_means, global_means)
     total, metrics = objective.evaluate(ctx)
     spec = objective.persistent
     return total, (metrics, ctx.adversary_sources[spec] if spec is not None else None)
@@ -116,9 +129,54 @@ def make_train_step(
     optimizer: optax.GradientTransformation,
     total_steps: int,
     compute_dtype: ComputeDtype = "float32",
+    micro_batches: int = 1,
 ) -> StepFn:
     """Build the (unjitted) step; the caller jits it with the placement plan's shardings.
-    `compute_dtype` is the target and masked forwards' (S15.6)."""
+    `compute_dtype` is the target and masked forwards' (S15.6); `micro_batches` > 1 accumulates
+    the gradient over that many micro-batches of the batch, one update (S10.4)."""
+    if micro_batches > 1 and objective.adversaries:
+        raise ValueError(
+            f"micro_batches {micro_batches} with an adversarial term: its ascent would see one "
+            "micro-batch, not the batch (S10.4)"
+        )
+
+    def micro_batched_grads(
+        state: DecompState, target_state: nnx.State, batch: Array, key: Array, progress: Array
+    ) -> tuple[Any, dict[str, Array]]:
+        """S10.4: the global component means first, then the mean gradient over the
+        micro-batches."""
+        micro = split_micro_batches(batch, micro_batches)
+        global_means = global_component_means(
+            objective,
+            graphdef,
+            target_graphdef,
+            state.params,
+            target_state,
+            micro,
+            progress,
+            compute_dtype,
+        )
+
+        def micro_grad(
+            p: nnx.State, x: Array, micro_key: Array, f: GlobalMeans | None
+        ) -> tuple[Any, dict[str, Array]]:
+            return jax.grad(
+                lambda q: objective_loss(
+                    objective,
+                    graphdef,
+                    target_graphdef,
+                    q,
+                    target_state,
+                    x,
+                    micro_key,
+                    progress,
+                    compute_dtype,
+                    f,
+                ),
+                has_aux=True,
+            )(p)
+
+        return accumulated_grads(micro_grad, state.params, micro, key, global_means)
 
     def train_step(
         state: DecompState, target_state: nnx.State, batch: Array
@@ -126,7 +184,10 @@ def make_train_step(
         key = jax.random.fold_in(state.key, state.step)
         progress = state.step.astype(jnp.float32) / total_steps
         spec = objective.persistent
-        if spec is None:
+        if micro_batches > 1:
+            grads, metrics = micro_batched_grads(state, target_state, batch, key, progress)
+            adversary = state.adversary
+        elif spec is None:
             grad_fn = jax.grad(
                 lambda p: objective_loss(
                     objective,
@@ -318,6 +379,7 @@ def place_and_jit(
     key: Array,
     warmup: Callable[[nnx.State, nnx.State], tuple[nnx.State, Array]] | None = None,
     compute_dtype: ComputeDtype = "float32",
+    micro_batches: int = 1,
 ) -> CompiledStep:
     """Shard params/target per the plan (S13.2), warm up, init the optimizer, jit the step."""
     param_shardings = plan.decomposition_shardings(params)
@@ -335,7 +397,13 @@ def place_and_jit(
     batch_sharding = plan.batch(batch_ndim)
     train_step = jit_train_step(
         make_train_step(
-            objective, graphdef, target_graphdef, optimizer, total_steps, compute_dtype
+            objective,
+            graphdef,
+            target_graphdef,
+            optimizer,
+            total_steps,
+            compute_dtype,
+            micro_batches,
         ),
         state_shardings,
         target_shardings,
