@@ -245,7 +245,9 @@ def estimate_decomposition_bytes(
 
     batch_shards = shape["data"] * shape["fsdp"]
     lm = _lm_fields(target_cfg)
-    rows = -(-cfg.train.batch_size // batch_shards) * (lm[0] if lm else 1)
+    # one micro-batch's rows are live at a time (S10.4)
+    live_batch = -(-cfg.train.batch_size // cfg.train.micro_batches)
+    rows = -(-live_batch // batch_shards) * (lm[0] if lm else 1)
     c_local = {s: -(-c // shape["tensor"]) for s, c in site_C.items()}
     return MemoryEstimate(
         n_devices=n_devices,

@@ -171,6 +171,42 @@ def _comparison_table(results: list[CellResult]) -> list[str]:
     return lines
 
 
+def _findings(group: str, results: list[CellResult]) -> str:
+    """One generated sentence group per vocabulary: which cells differ from the baseline
+    beyond the seed spread, in which direction, and which do not (S16.3)."""
+    baseline = next(r for r in results if r.cell.baseline)
+    better, worse, within, open_ = [], [], [], []
+    for r in results:
+        if r is baseline:
+            continue
+        c = compare(r, baseline)
+        name = f"`{r.cell.name}` ({c.delta:+.4f})" if c else f"`{r.cell.name}`"
+        if c is None or c.within_spread is None:
+            open_.append(name)
+        elif c.within_spread:
+            within.append(name)
+        else:
+            (better if c.delta < 0 else worse).append(name)
+    spread = baseline.bpb
+    parts = [
+        f"**{group}.** The baseline `{baseline.cell.name}` reaches "
+        + (
+            f"{spread.mean:.4f} val bpb (seeds {spread.lo:.4f}–{spread.hi:.4f})."
+            if spread
+            else "no finished run."
+        )
+    ]
+    if better:
+        parts.append("Better beyond the seed spread: " + ", ".join(better) + ".")
+    if worse:
+        parts.append("Worse beyond the seed spread: " + ", ".join(worse) + ".")
+    if within:
+        parts.append("Within the seed spread (no evidence either way): " + ", ".join(within) + ".")
+    if open_:
+        parts.append("Not yet comparable (fewer than two seeds): " + ", ".join(open_) + ".")
+    return " ".join(parts)
+
+
 def render_markdown(study: Study, results: list[CellResult], plot_path: Path, md: Path) -> str:
     cfg = study.config
     groups: dict[str, list[CellResult]] = {}
@@ -192,6 +228,9 @@ def render_markdown(study: Study, results: list[CellResult], plot_path: Path, md
         lines += [f"### {group}", "", *_results_table(members), ""]
     plot_link = Path(os.path.relpath(plot_path, md.parent)).as_posix()
     lines += [f"![val bits per byte against step, per cell]({plot_link})", ""]
+    lines += ["## What the runs show", ""]
+    for group, members in groups.items():
+        lines += [_findings(group, members), ""]
     lines += ["## Comparison with published figures", ""]
     for group, members in groups.items():
         lines += [f"### {group}", "", *_comparison_table(members), ""]

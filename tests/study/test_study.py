@@ -110,6 +110,9 @@ def test_study_runs_renders_skips_done_and_reruns_only_a_changed_cell(tmp_path: 
     assert f"0: {ce_bpb[0]:.4f}, 1: {ce_bpb[1]:.4f}" in md
     assert "focal γ=2" in md and "focal hurt by +0.028 bpb (example)" in md
     assert "A fixed caveat paragraph." in md and "sample standard deviation" in md
+    assert "## What the runs show" in md
+    assert f"reaches {mean:.4f} val bpb (seeds {min(ce_bpb):.4f}–{max(ce_bpb):.4f})" in md
+    assert "Not yet comparable (fewer than two seeds): `focal`" in md  # focal has one seed
 
     # Second invocation: nothing trains, the write-up is rendered again.
     before = _mtimes(folder)
