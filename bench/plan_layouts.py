@@ -5,7 +5,8 @@ bench/results/plan_8b.json (bytes per device by category, total, fits in 60 / 80
 compile seconds and the planner's peak RSS).
 
 Each plan compiles the full 32- or 36-layer step: minutes per layout on a 2-core CPU.
-`python bench/plan_layouts.py [NAME ...]` runs some; `make bench` runs them all.
+`python bench/plan_layouts.py [NAME ...]` runs some (`--summary` only re-summarises the reports
+there are); `make bench` runs them all.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ PLAN_DIR = RESULTS / "plan"
 SUMMARY = RESULTS / "plan_8b.json"
 LLAMA = "configs/plan/llama3_8b.yaml"
 QWEN = "configs/plan/qwen3_8b.yaml"
+LLAMA_8L = "bench/configs/llama3_8b_8layers.yaml"  # 8 of the 32 layers: the lever ablation
 H100_GIB = 80.0
 TARGET_GIB = 60.0  # the issue's bound for every device of the 64 x H100 layout
 GIB = 2**30
@@ -55,6 +57,34 @@ LAYOUTS: dict[str, tuple[str, int, str, tuple[str, ...]]] = {
         64,
         "data=1,fsdp=8,tensor=8",
         (BF16_MOMENTS, ZERO, "train.batch_size=16", "train.micro_batches=2"),
+    ),
+    # one lever at a time on the 8-layer cut, 64 devices, fsdp 8 x tensor 8 (batch 16: so
+    # that 2 micro-batches still split over the 8 batch shards)
+    "ablation_8l_d64_base": (LLAMA_8L, 64, "data=1,fsdp=8,tensor=8", ("train.batch_size=16",)),
+    "ablation_8l_d64_bf16_moments": (
+        LLAMA_8L,
+        64,
+        "data=1,fsdp=8,tensor=8",
+        ("train.batch_size=16", BF16_MOMENTS),
+    ),
+    "ablation_8l_d64_zero": (LLAMA_8L, 64, "data=1,fsdp=8,tensor=8", ("train.batch_size=16", ZERO)),
+    "ablation_8l_d64_remat": (
+        LLAMA_8L,
+        64,
+        "data=1,fsdp=8,tensor=8",
+        ("train.batch_size=16", REMAT),
+    ),
+    "ablation_8l_d64_micro2": (
+        LLAMA_8L,
+        64,
+        "data=1,fsdp=8,tensor=8",
+        ("train.batch_size=16", "train.micro_batches=2"),
+    ),
+    "ablation_8l_d64_bf16_compute": (
+        LLAMA_8L,
+        64,
+        "data=1,fsdp=8,tensor=8",
+        ("train.batch_size=16", "train.compute_dtype=bfloat16"),
     ),
     "qwen3_8b_d64_fsdp8_tensor8_levers": (
         QWEN,
@@ -151,4 +181,7 @@ def run(names: list[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    run(sys.argv[1:] or None)
+    if sys.argv[1:] == ["--summary"]:  # re-summarise the reports already written
+        print_summary(write_summary())
+    else:
+        run(sys.argv[1:] or None)
