@@ -50,7 +50,7 @@ LAYOUTS: dict[str, tuple[str, int, str, tuple[str, ...]]] = {
         LLAMA,
         64,
         "data=1,fsdp=16,tensor=4",
-        ("train.batch_size=16",),
+        ("train.batch_size=16", "eval.batch_size=16"),
     ),
     "llama3_8b_d64_fsdp8_tensor8_levers": (
         LLAMA,
