@@ -18,10 +18,11 @@ import optax
 import pytest
 import yaml
 from flax import nnx
+from tiny_llama import tiny_llama_problem
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import load_decompose_config
-from param_decomp.config.schema import Decomposition, LlamaModel, SparseFeatureData, TMSModel
+from param_decomp.config.schema import Decomposition, SparseFeatureData, TMSModel
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.decomposition.adversary import init_adversary_state
 from param_decomp.decomposition.model import DecompositionModel
@@ -30,7 +31,6 @@ from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality
 from param_decomp.losses.reconstruction import StochasticRecon, StochasticReconLayerwise
 from param_decomp.objective import Objective
-from param_decomp.targets.llama import Llama
 from param_decomp.targets.tms import TMS
 from param_decomp.train.step import (
     init_state,
@@ -55,16 +55,6 @@ TOTAL_RTOL, RECON_ATOL, IMPORTANCE_RTOL = 2e-2, 1e-2, 2e-2
 def _problem() -> tuple[Any, ...]:
     """The micro Llama of tests/fixtures/llama_micro_target.yaml (vocab 64, so it compiles
     fast) with every kind of site: the token-id embed, attention, MLP and the head."""
-    target = Llama(
-        LlamaModel(
-            type="llama", vocab_size=64, d_model=16, n_heads=2, d_mlp=32, n_layers=1, seq_len=16
-        ),
-        rngs=nnx.Rngs(0),
-    )
-    weights = target.site_weights()
-    cfg = Decomposition(C=8, sites=list(SITES), ci_function={"type": "global_mlp", "hidden": [16]})
-    shapes = {s: tuple(weights[s].shape) for s in SITES}
-    model = DecompositionModel(cfg, shapes, index_sites=Llama.INDEX_SITES, rngs=nnx.Rngs(1))
     terms = (
         Faithfulness(coeff=1.0),
         ImportanceMinimality(
@@ -73,10 +63,7 @@ def _problem() -> tuple[Any, ...]:
         StochasticRecon(coeff=1.0, distance="kl"),
         StochasticReconLayerwise(coeff=1.0, distance="kl"),
     )
-    graphdef, params = nnx.split(model)
-    target_graphdef, target_state = nnx.split(target)
-    tokens = jax.random.randint(jax.random.key(2), (4, 16), 0, 64)
-    return Objective.from_terms(terms), graphdef, params, target_graphdef, target_state, tokens
+    return tiny_llama_problem(SITES, terms, batch=4)
 
 
 def _dot_dtypes(jaxpr: Any, scope: str = "") -> list[tuple[str, tuple[str, ...]]]:

@@ -13,17 +13,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tiny_llama import tiny_llama_problem
 
-from param_decomp.config.schema import Decomposition, LlamaModel, Optimizer
-from param_decomp.decomposition.model import DecompositionModel
+from param_decomp.config.schema import Optimizer
 from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality
 from param_decomp.losses.reconstruction import StochasticRecon
-from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.llama import Llama
 from param_decomp.train.optimizer import make_optimizer, scale_by_adam_narrow_moments
 from param_decomp.train.step import (
     decomp_state_shardings,
@@ -45,16 +42,6 @@ def _rel(x: Any, y: Any) -> float:
 
 
 def _problem(remat: tuple[str, ...] = ()) -> tuple[Any, ...]:
-    target = Llama(
-        LlamaModel(
-            type="llama", vocab_size=64, d_model=16, n_heads=2, d_mlp=32, n_layers=1, seq_len=16
-        ),
-        rngs=nnx.Rngs(0),
-    )
-    weights = target.site_weights()
-    cfg = Decomposition(C=8, sites=list(SITES), ci_function={"type": "global_mlp", "hidden": [16]})
-    shapes = {s: tuple(weights[s].shape) for s in SITES}
-    model = DecompositionModel(cfg, shapes, index_sites=Llama.INDEX_SITES, rngs=nnx.Rngs(1))
     terms = (
         Faithfulness(coeff=1.0),
         ImportanceMinimality(
@@ -62,11 +49,7 @@ def _problem(remat: tuple[str, ...] = ()) -> tuple[Any, ...]:
         ),
         StochasticRecon(coeff=1.0, distance="kl"),
     )
-    graphdef, params = nnx.split(model)
-    target_graphdef, target_state = nnx.split(target)
-    tokens = jax.random.randint(jax.random.key(2), (8, 16), 0, 64)
-    objective = Objective.from_terms(terms, remat)
-    return objective, graphdef, params, target_graphdef, target_state, tokens
+    return tiny_llama_problem(SITES, terms, batch=8, remat=remat)
 
 
 # ----------------------------------------------------------------------------- S10.5
