@@ -1,0 +1,29 @@
+"""Acceptance: SPD recovers the known mechanisms of the residual-MLP toy target (issue 3, item
+3). Its own file (the TMS half is test_toy_recovery.py): each takes minutes, and pytest-xdist
+--dist loadfile gives a file to one worker, so two files let the two workers share them."""
+
+from pathlib import Path
+
+import pytest
+
+from param_decomp.config.loading import load_decompose_config
+from param_decomp.train.loop import run_decompose
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("runs")
+
+
+def test_resid_mlp_alive_components_match_features(
+    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    cfg = load_decompose_config(FIXTURES / "resid_mlp_small.yaml")
+    result = run_decompose(cfg, "resid_mlp_small.yaml", runs_dir, show_progress=False)
+    n_features = 30
+    alive_in = int(result["alive"]["layers.0.mlp_in"].sum())
+    print(f"ResidMLP small: {alive_in} alive mlp_in components for {n_features} features")
+    assert abs(alive_in - n_features) <= 0.1 * n_features, alive_in
