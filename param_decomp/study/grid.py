@@ -49,10 +49,45 @@ def read_record(path: Path) -> dict[str, Any] | None:
     return record if isinstance(record, dict) else None
 
 
+def _added_keys_at_default(current: Any, stored: Any, non_default: Any) -> bool:
+    """Every key of `current` missing from `stored` (a config key added since the record was
+    written) is absent from `non_default`, the dump without defaults: it holds its default."""
+    if not isinstance(current, dict) or not isinstance(stored, dict):
+        return True
+    non_default = non_default if isinstance(non_default, dict) else {}
+    for key, value in current.items():
+        if key not in stored:
+            if key in non_default:
+                return False
+        elif not _added_keys_at_default(value, stored[key], non_default.get(key)):
+            return False
+    return True
+
+
+def _shared_keys(current: Any, stored: Any) -> Any:
+    """`current` without the keys `stored` lacks (at every depth)."""
+    if isinstance(current, dict) and isinstance(stored, dict):
+        return {k: _shared_keys(v, stored[k]) for k, v in current.items() if k in stored}
+    return current
+
+
+def record_matches(record: dict | None, run: PlannedRun) -> bool:
+    """The record was made from `run`'s resolved config (S16.2): its stored config equals
+    today's, except for config keys added since, which must hold their defaults (a new key's
+    default is the old behaviour), so a schema that grows does not orphan finished runs."""
+    if record is None or not isinstance(record.get("config"), dict):
+        return False
+    stored = {k: v for k, v in record["config"].items() if k != "run_name"}
+    current = run.config.model_dump(mode="json", exclude={"run_name"})
+    non_default = run.config.model_dump(mode="json", exclude={"run_name"}, exclude_defaults=True)
+    return _shared_keys(current, stored) == stored and _added_keys_at_default(
+        current, stored, non_default
+    )
+
+
 def is_done(study: Study, run: PlannedRun, runs_dir: Path) -> bool:
     """Done iff its JSON exists and was made from the same resolved config (S16.2)."""
-    record = read_record(record_path(study, run, runs_dir))
-    return record is not None and record.get("config_hash") == run.config_hash
+    return record_matches(read_record(record_path(study, run, runs_dir)), run)
 
 
 def _history(metrics_path: Path) -> list[dict[str, float]]:

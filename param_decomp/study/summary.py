@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from param_decomp.config.pretrain_schema import PretrainConfig
-from param_decomp.study.grid import read_record, record_path
+from param_decomp.study.grid import read_record, record_matches, record_path
 from param_decomp.study.schema import Cell, Study
 
 
@@ -112,7 +112,7 @@ def summarise(study: Study, runs_dir: Path) -> list[CellResult]:
         finished, missing, diverged = [], [], []
         for run in runs:
             record = read_record(record_path(study, run, runs_dir))
-            if record is None or record.get("config_hash") != run.config_hash:
+            if not record_matches(record, run):
                 missing.append(run.seed)
             elif record.get("status") != "done":
                 diverged.append(run.seed)

@@ -13,10 +13,12 @@ import yaml
 
 from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
-from param_decomp.study.grid import run_grid
+from param_decomp.study.grid import record_matches, run_grid
 from param_decomp.study.render import render
 from param_decomp.study.schema import load_study
 from param_decomp.study.summary import CellResult, Spread, compare
+
+REPO = Path(__file__).resolve().parents[2]
 
 BASE: dict[str, Any] = {
     "run_name": "unused",
@@ -191,3 +193,23 @@ def test_study_config_errors_name_the_key(
         err.value.problems
     )
     assert not (tmp_path / "runs").exists()
+
+
+def test_s16_2_a_key_added_since_at_its_default_keeps_a_run_done() -> None:
+    """S16.2: a record counts for a run when its stored config equals today's resolved one; a
+    config key added since the record was written (absent from it) keeps the run done while
+    it holds its default, and not once the run sets it."""
+    import dataclasses
+
+    run = load_study(REPO / "configs" / "studies" / "objectives.yaml").runs[0]
+    stored = run.config.model_dump(mode="json")
+    assert record_matches({"config": stored}, run)
+    del stored["train"]["optimizer"]["moment_dtype"]  # as written before the key existed
+    assert record_matches({"config": stored}, run)
+    optimizer = run.config.train.optimizer.model_copy(update={"moment_dtype": "bfloat16"})
+    train = run.config.train.model_copy(update={"optimizer": optimizer})
+    bf16 = dataclasses.replace(run, config=run.config.model_copy(update={"train": train}))
+    assert not record_matches({"config": stored}, bf16)
+    stored["train"]["steps"] += 1
+    assert not record_matches({"config": stored}, run)
+    assert not record_matches(None, run) and not record_matches({"config": "x"}, run)
