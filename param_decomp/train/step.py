@@ -140,6 +140,32 @@ def make_train_step(
             "micro-batch, not the batch (S10.4)"
         )
 
+    def batch_grads(
+        params: nnx.State,
+        target_state: nnx.State,
+        batch: Array,
+        key: Array,
+        progress: Array,
+        global_means: GlobalMeans | None = None,
+    ) -> tuple[Any, dict[str, Array]]:
+        """The gradient and metrics of the objective on one batch (or micro-batch, reading the
+        global component means, S10.4)."""
+        return jax.grad(
+            lambda p: objective_loss(
+                objective,
+                graphdef,
+                target_graphdef,
+                p,
+                target_state,
+                batch,
+                key,
+                progress,
+                compute_dtype,
+                global_means,
+            ),
+            has_aux=True,
+        )(params)
+
     def micro_batched_grads(
         state: DecompState, target_state: nnx.State, batch: Array, key: Array, progress: Array
     ) -> tuple[Any, dict[str, Array]]:
@@ -160,21 +186,7 @@ def make_train_step(
         def micro_grad(
             p: nnx.State, x: Array, micro_key: Array, f: GlobalMeans | None
         ) -> tuple[Any, dict[str, Array]]:
-            return jax.grad(
-                lambda q: objective_loss(
-                    objective,
-                    graphdef,
-                    target_graphdef,
-                    q,
-                    target_state,
-                    x,
-                    micro_key,
-                    progress,
-                    compute_dtype,
-                    f,
-                ),
-                has_aux=True,
-            )(p)
+            return batch_grads(p, target_state, x, micro_key, progress, f)
 
         return accumulated_grads(micro_grad, state.params, micro, key, global_means)
 
@@ -188,21 +200,7 @@ def make_train_step(
             grads, metrics = micro_batched_grads(state, target_state, batch, key, progress)
             adversary = state.adversary
         elif spec is None:
-            grad_fn = jax.grad(
-                lambda p: objective_loss(
-                    objective,
-                    graphdef,
-                    target_graphdef,
-                    p,
-                    target_state,
-                    batch,
-                    key,
-                    progress,
-                    compute_dtype,
-                ),
-                has_aux=True,
-            )
-            grads, metrics = grad_fn(state.params)
+            grads, metrics = batch_grads(state.params, target_state, batch, key, progress)
             adversary = state.adversary
         else:
             # S6A.5: ONE backward gives the params' gradient and the sources' (for the ascent)
