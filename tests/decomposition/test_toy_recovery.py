@@ -12,17 +12,12 @@ from param_decomp.train.loop import run_decompose
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runs")
-
-
 def test_tms_5_2_recovers_one_component_per_feature(
-    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     cfg = load_decompose_config(FIXTURES / "tms_5-2_fast.yaml")
-    result = run_decompose(cfg, "tms_5-2_fast.yaml", runs_dir, show_progress=False)
+    result = run_decompose(cfg, "tms_5-2_fast.yaml", tmp_path, show_progress=False)
     for site in ("linear1", "linear2"):
         assert int(result["alive"][site].sum()) == 5, (site, result["alive"][site].sum())
         ci = result["one_hot_ci"][site][:, result["alive"][site]]

@@ -12,17 +12,12 @@ from param_decomp.train.loop import run_decompose
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
-@pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runs")
-
-
 def test_resid_mlp_alive_components_match_features(
-    runs_dir: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.chdir(Path(__file__).resolve().parents[2])
     cfg = load_decompose_config(FIXTURES / "resid_mlp_small.yaml")
-    result = run_decompose(cfg, "resid_mlp_small.yaml", runs_dir, show_progress=False)
+    result = run_decompose(cfg, "resid_mlp_small.yaml", tmp_path, show_progress=False)
     n_features = 30
     alive_in = int(result["alive"]["layers.0.mlp_in"].sum())
     print(f"ResidMLP small: {alive_in} alive mlp_in components for {n_features} features")
