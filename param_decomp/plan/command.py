@@ -138,27 +138,17 @@ def plan_in_this_process(args: argparse.Namespace) -> int:
     """The child: build the abstract step, compile it, print (and write) the report."""
     import jax
 
-    from param_decomp.config.loading import (
-        check_mesh,
-        decompose_config_from_data,
-        load_decompose_config,
-        read_yaml,
-    )
+    from param_decomp.config.loading import check_mesh, decompose_config_from_data, read_yaml
     from param_decomp.plan.abstract_step import build_abstract_step
     from param_decomp.plan.report import build_report, format_report
     from param_decomp.train.loop import load_target_config
 
     if jax.device_count() != args.devices:
         raise RuntimeError(f"{jax.device_count()} devices, expected {args.devices}")
-    if args.overrides:
-        cfg = decompose_config_from_data(
-            apply_overrides(read_yaml(args.config), args.overrides), args.config
-        )
-    else:
-        cfg = load_decompose_config(args.config)
-    mesh = parse_mesh(args.mesh)
-    if mesh:
-        cfg = cfg.model_copy(update={"mesh": cfg.mesh.model_copy(update=mesh)})
+    # --mesh is `--set mesh.AXIS=SIZE` for each axis, applied last so it wins
+    mesh = [f"mesh.{axis}={size}" for axis, size in parse_mesh(args.mesh).items()]
+    data = apply_overrides(read_yaml(args.config), [*args.overrides, *mesh])
+    cfg = decompose_config_from_data(data, args.config)
     check_mesh(cfg, args.devices, args.config)
     target_cfg = load_target_config(cfg, args.config)
     t0 = time.perf_counter()
