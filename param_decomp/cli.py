@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_folder_args(p)
 
     p = sub.add_parser(
-        "pretrain", help="pretrain a Llama target on text and cache it under runs/targets/"
+        "pretrain",
+        help="pretrain an LM target (Llama or GPT-2) on text and cache it under runs/targets/",
     )
     p.add_argument("config", help="pretrain YAML, e.g. configs/targets/llama_tiny.yaml")
     p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
@@ -122,7 +123,7 @@ def _run(args: argparse.Namespace) -> int:
         "overwrite": getattr(args, "overwrite", False),
     }
     if args.command == "train-target":
-        from param_decomp.targets.training import train_target
+        from param_decomp.jobs.train_target import train_target
 
         cfg = load_target_config(args.config)
         check_logging_available(cfg.logging, args.config)
@@ -130,7 +131,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "pretrain":
         from param_decomp.config.pretrain_schema import load_pretrain_config
-        from param_decomp.targets.pretrain import pretrain
+        from param_decomp.jobs.pretrain import pretrain
 
         cfg = load_pretrain_config(args.config)
         check_logging_available(cfg.logging, args.config)
@@ -149,7 +150,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "decompose":
         _init_distributed(args)
-        from param_decomp.train.loop import run_decompose
+        from param_decomp.jobs.decompose import run_decompose
 
         cfg = load_decompose_config(args.config)
         if args.steps is not None:
@@ -161,7 +162,7 @@ def _run(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "eval":
-        from param_decomp.eval.run_eval import evaluate_run, report
+        from param_decomp.jobs.evaluate import evaluate_run, report
 
         runs_dir = Path(args.runs_dir) if args.runs_dir else None
         evaluation = evaluate_run(Path(args.run_dir), args.step, runs_dir)

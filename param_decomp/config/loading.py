@@ -416,32 +416,6 @@ def decompose_config_from_data(data: dict, source: str | Path) -> DecomposeConfi
     return _decompose_from_data(data, source)
 
 
-@config_boundary
-def load_any_config(path: str | Path) -> BaseModel:
-    """A target config (has `model`; a `llama` model is pretrained, so it is a pretrain config)
-    or a decompose config (has `decomposition`)."""
-    data = read_yaml(path)
-    if "model" in data:
-        model = data["model"]
-        if isinstance(model, dict) and model.get("type") == "llama":
-            from param_decomp.config.pretrain_schema import load_pretrain_config
-
-            return load_pretrain_config(path)
-        return _target_from_data(data, path)
-    if "decomposition" in data:
-        return _decompose_from_data(data, path)
-    raise ConfigError(
-        path,
-        [
-            (
-                "",
-                "cannot tell the config kind: a target config has a `model:` block, "
-                "a decomposition config a `decomposition:` block",
-            )
-        ],
-    )
-
-
 # ----------------------------------------------------------------------------- mesh
 
 

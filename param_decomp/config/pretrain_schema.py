@@ -22,11 +22,8 @@ from param_decomp.config.loading import (
     short_repr,
 )
 from param_decomp.config.schema import (
-    DEFAULT_CORPUS as DEFAULT_CORPUS,  # re-exported: the corpus and tokenizer blocks live in schema
-)
-from param_decomp.config.schema import (
-    TOKENIZER_VOCAB,
     Checkpointing,
+    ComputeDtype,
     LMModel,
     Logging,
     Mesh,
@@ -37,6 +34,11 @@ from param_decomp.config.schema import (
     StrictModel,
     TextData,
 )
+
+# Upward, by design (README: Imports): data/ owns the corpus catalogue and the tokenizers; the
+# config layer reads them to refuse a bad corpus name or a vocabulary mismatch at load time.
+from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
+from param_decomp.data.tokenizers import TOKENIZER_VOCAB, DataError, SentencePieceTokenizer
 
 # Validation context key: the loader runs the cross-block checks itself so each problem is
 # reported under its own dotted key instead of one root-level message.
@@ -77,7 +79,7 @@ class PretrainTraining(StrictModel):
     optimizer: Optimizer
     log_every: PositiveInt = 100
     eval_every: PositiveInt = 500
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
+    compute_dtype: ComputeDtype = Field(
         default="float32",
         description="LM compute dtype; bfloat16 keeps fp32 master weights, norms, softmax, logits",
     )
@@ -117,15 +119,11 @@ def tokenizer_vocab(tokenizer: str | SentencePieceSpec) -> int:
         return TOKENIZER_VOCAB[tokenizer]
     if tokenizer.vocab_size is not None:
         return tokenizer.vocab_size
-    from param_decomp.data.tokenizers import SentencePieceTokenizer
-
     return SentencePieceTokenizer.from_file(tokenizer.model).vocab_size
 
 
 def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
     """Checks spanning blocks, as (dotted key, message): vocab matches the tokenizer."""
-    from param_decomp.data.tokenizers import DataError
-
     tok = cfg.data.tokenizer
     try:
         vocab = tokenizer_vocab(tok)
@@ -155,8 +153,6 @@ def pretrain_config_from_data(data: dict, path: str | Path) -> PretrainConfig:
     except pydantic.ValidationError as err:
         raise ConfigError(path, format_validation_error(err, PretrainConfig, data=data)) from None
     problems = cross_block_problems(cfg)
-    from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
-
     try:
         if not corpus_path_exists(cfg.data.corpus):
             problems.append(

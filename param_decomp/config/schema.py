@@ -9,7 +9,6 @@ this file.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,7 +24,12 @@ from pydantic import (
     model_validator,
 )
 
+# Upward, by design (README: Imports): the default corpus is data/'s, the config only names it.
+from param_decomp.data.corpora import DEFAULT_CORPUS
+
 NonNegFloat = Annotated[float, Field(ge=0.0)]
+# The forward passes' dtype (S15): fp32 masters and reductions either way.
+ComputeDtype = Literal["float32", "bfloat16"]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 RUN_NAME_MAX_CHARS = 128
@@ -88,12 +92,6 @@ class SparseFeatureData(StrictModel):
         if not lo < hi:
             raise ValueError(f"must be [low, high] with low < high, got [{lo}, {hi}]")
         return value
-
-
-DEFAULT_CORPUS = Path(__file__).resolve().parents[1] / "data" / "corpus" / "corpus.txt"
-
-# Vocabulary size of the fixed tokenizers; a sentencepiece tokenizer states its own.
-TOKENIZER_VOCAB = {"byte": 256}
 
 
 class SentencePieceSpec(StrictModel):
@@ -450,7 +448,7 @@ class DecomposeTraining(StrictModel):
         description="gradient accumulation over this many micro-batches of train.batch_size, one "
         "update (S10.4): only one micro-batch's activations are live at a time",
     )
-    compute_dtype: Literal["float32", "bfloat16"] = Field(
+    compute_dtype: ComputeDtype = Field(
         default="float32",
         description="target and masked forwards' dtype (S15.6); bfloat16 keeps fp32 masters, "
         "CI function, masks and losses",

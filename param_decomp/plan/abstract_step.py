@@ -22,7 +22,7 @@ from param_decomp.config.schema import DecomposeConfig
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import resolve_sites
 from param_decomp.objective import Objective
-from param_decomp.sharding.memory_fit import TargetSpec, _lm_fields, abstract_target_parts
+from param_decomp.plan.memory_fit import TargetSpec, _lm_fields, abstract_target_parts
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.token_lm import INDEX_SITES

@@ -141,7 +141,7 @@ def plan_in_this_process(args: argparse.Namespace) -> int:
     from param_decomp.config.loading import check_mesh, decompose_config_from_data, read_yaml
     from param_decomp.plan.abstract_step import build_abstract_step
     from param_decomp.plan.report import build_report, format_report
-    from param_decomp.train.loop import load_target_config
+    from param_decomp.targets.target_config import resolve_target_config
 
     if jax.device_count() != args.devices:
         raise RuntimeError(f"{jax.device_count()} devices, expected {args.devices}")
@@ -150,7 +150,7 @@ def plan_in_this_process(args: argparse.Namespace) -> int:
     data = apply_overrides(read_yaml(args.config), [*args.overrides, *mesh])
     cfg = decompose_config_from_data(data, args.config)
     check_mesh(cfg, args.devices, args.config)
-    target_cfg = load_target_config(cfg, args.config)
+    target_cfg = resolve_target_config(cfg, args.config)
     t0 = time.perf_counter()
     step = build_abstract_step(cfg, target_cfg)
     compiled = step.lower().compile()

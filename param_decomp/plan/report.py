@@ -11,7 +11,7 @@ from param_decomp.config.schema import DecomposeConfig, HFTarget
 from param_decomp.plan.abstract_step import AbstractStep
 from param_decomp.plan.flops import closed_form_flops
 from param_decomp.plan.hlo import collectives
-from param_decomp.sharding.memory_fit import GIB, _shard_bytes, format_bytes
+from param_decomp.plan.memory_fit import GIB, _shard_bytes, format_bytes
 
 # Peak dense FLOP/s of one accelerator (vendor data sheets, dense, no sparsity).
 PEAK_PRESETS: dict[str, float] = {

@@ -109,7 +109,7 @@ def _write_json(path: Path, record: dict[str, Any]) -> None:
 def run_one(study: Study, run: PlannedRun, runs_dir: Path, show_progress: bool) -> dict[str, Any]:
     """Pretrain one (cell, seed) from scratch and write its JSON; a run whose loss turns
     non-finite is recorded as diverged (a result of the grid, not a reason to stop it)."""
-    from param_decomp.targets.pretrain import pretrain
+    from param_decomp.jobs.pretrain import pretrain
 
     cfg = run.config
     folder = study_dir(study, runs_dir) / "runs" / run.name

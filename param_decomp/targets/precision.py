@@ -12,14 +12,15 @@ log-softmax and reduction on them is float32.
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar, get_args
+from typing import TypeVar, get_args
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, Float, Int, PyTree
 
-ComputeDtype = Literal["float32", "bfloat16"]
+from param_decomp.config.schema import ComputeDtype
+
 COMPUTE_DTYPES: tuple[str, ...] = get_args(ComputeDtype)
 
 T = TypeVar("T", bound=PyTree)

@@ -23,9 +23,9 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxtyping import Array, PRNGKeyArray
 
+from param_decomp.config.schema import ComputeDtype
 from param_decomp.losses.base import PsiSpec
 from param_decomp.objective import Objective
-from param_decomp.targets.precision import ComputeDtype
 
 # each of the objective's psi specs' {site: f}, in `objective.psi_specs` order (a tuple, since
 # a psi spec is no pytree key JAX can sort)

@@ -26,6 +26,15 @@ RESUMABLE_CHANGES = (
 )
 
 
+# Where run folders go unless the command says otherwise (`--runs-dir`).
+RUNS_DIR = Path("runs")
+
+
+def target_run_dir(run_name: str, runs_dir: Path = RUNS_DIR) -> Path:
+    """A trained or pretrained target's run folder (its cache): `runs_dir/targets/<run_name>`."""
+    return Path(runs_dir) / "targets" / run_name
+
+
 class RunDirError(ValueError):
     """The run folder cannot be used as asked; the message says why and what to pass."""
 

@@ -19,10 +19,10 @@ from flax import nnx, struct
 from jax.sharding import NamedSharding
 from jaxtyping import Array
 
+from param_decomp.config.schema import ComputeDtype
 from param_decomp.decomposition.adversary import adversary_update, init_adversary_state
 from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.precision import ComputeDtype
 from param_decomp.train.micro_batches import (
     GlobalMeans,
     accumulated_grads,

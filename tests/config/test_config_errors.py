@@ -11,10 +11,10 @@ from pathlib import Path
 import pydantic
 import pytest
 
+from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
 from param_decomp.config.loading import (
     check_mesh,
-    load_any_config,
     load_decompose_config,
     load_target_config,
     read_yaml,

@@ -29,11 +29,11 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import (
     MAX_DEPTH,
     UNEXPECTED_ERROR,
-    load_any_config,
     load_decompose_config,
     load_target_config,
     read_yaml,

@@ -10,8 +10,9 @@ import pytest
 import yaml
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.pretrain_schema import DEFAULT_CORPUS, PretrainConfig, load_pretrain_config
+from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
 from param_decomp.data.corpora import (
+    DEFAULT_CORPUS,
     Document,
     iter_split,
     load_documents,

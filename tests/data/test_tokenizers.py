@@ -13,8 +13,8 @@ import yaml
 
 from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.pretrain_schema import DEFAULT_CORPUS, load_pretrain_config
-from param_decomp.data.corpora import read_text_file, split_text
+from param_decomp.config.pretrain_schema import load_pretrain_config
+from param_decomp.data.corpora import DEFAULT_CORPUS, read_text_file, split_text
 from param_decomp.data.token_store import prepare_tokens
 from param_decomp.data.tokenizers import (
     ByteTokenizer,
@@ -23,7 +23,7 @@ from param_decomp.data.tokenizers import (
     SentencePieceTokenizer,
     train_sentencepiece,
 )
-from param_decomp.targets.pretrain import pretrain
+from param_decomp.jobs.pretrain import pretrain
 
 TRICKY = [
     "naïve café, Ærøskøbing and Łódź",

@@ -12,7 +12,7 @@ import yaml
 from hf_checkpoints import write_llama
 
 from param_decomp.config.loading import load_decompose_config
-from param_decomp.train.loop import run_decompose
+from param_decomp.jobs.decompose import run_decompose
 
 SITES = ["layers.0.attn.k", "layers.0.mlp.up"]
 

@@ -11,8 +11,8 @@ from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.data.pipeline import TextBatches
 from param_decomp.data.sources import TextSource
 from param_decomp.data.token_store import prepare_tokens
+from param_decomp.jobs.decompose import run_decompose
 from param_decomp.train.checkpoint import restore_data_state
-from param_decomp.train.loop import run_decompose
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from param_decomp.config.loading import load_decompose_config
-from param_decomp.train.loop import run_decompose
+from param_decomp.jobs.decompose import run_decompose
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -19,8 +19,8 @@ from param_decomp.decomposition.ci_transformer import GlobalTransformerCI
 from param_decomp.decomposition.masked_forward import clean_forward, inner_acts, masked_site_fn
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, pattern_matches, resolve_sites
+from param_decomp.jobs.decompose import run_decompose
 from param_decomp.targets.llama import Llama
-from param_decomp.train.loop import run_decompose
 
 REPO = Path(__file__).resolve().parents[2]
 LM_SITES = [

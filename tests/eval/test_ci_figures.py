@@ -19,8 +19,8 @@ from param_decomp.eval.ci_figures import (
     plot_pre_activation_histograms,
 )
 from param_decomp.eval.ci_stats import CI_BINS, PRE_BINS, SiteCIStats, ci_statistics
+from param_decomp.jobs.decompose import new_decomposition
 from param_decomp.targets.build import build_target
-from param_decomp.train.loop import new_decomposition
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

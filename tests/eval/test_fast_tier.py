@@ -16,7 +16,7 @@ from param_decomp.config.schema import DecomposeConfig
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.eval.decomposition_eval import causal_importance_on, evaluate_decomposition
 from param_decomp.eval.fast_tier import MASKS, fast_tier
-from param_decomp.train.loop import Session, build_session, run_decompose, to_host
+from param_decomp.jobs.decompose import Session, build_session, run_decompose, to_host
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

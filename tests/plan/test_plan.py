@@ -13,6 +13,7 @@ from flax import nnx
 
 from param_decomp.cli import main
 from param_decomp.config.loading import load_decompose_config
+from param_decomp.jobs.decompose import new_decomposition
 from param_decomp.objective import Objective
 from param_decomp.plan.abstract_step import build_abstract_step
 from param_decomp.plan.command import parse_mesh
@@ -20,8 +21,8 @@ from param_decomp.plan.hlo import collectives
 from param_decomp.plan.report import build_report
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.pretrain import build_llama
-from param_decomp.train.loop import load_target_config, new_decomposition
+from param_decomp.targets.build import build_lm
+from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import place_and_jit
 
@@ -62,14 +63,14 @@ def test_planned_bytes_equal_the_bytes_a_real_step_places() -> None:
     optimizer = cfg.train.optimizer.model_copy(update={"moment_dtype": "bfloat16"})  # S10.5
     train = cfg.train.model_copy(update={"optimizer": optimizer, "remat": ["masked_forwards"]})
     cfg = cfg.model_copy(update={"mesh": mesh, "train": train})
-    target_cfg = load_target_config(cfg, str(MICRO))
+    target_cfg = resolve_target_config(cfg, str(MICRO))
 
     step = build_abstract_step(cfg, target_cfg)
     compiled = step.lower().compile()
     report = build_report(cfg, step, compiled, 80.0, None, 0.0)
     planned = report["bytes_per_device"]
 
-    target = build_llama(target_cfg)
+    target = build_lm(target_cfg.model, target_cfg.seed)
     graphdef, params = nnx.split(new_decomposition(cfg, target))
     target_graphdef, target_state = nnx.split(target)
     plan = PlacementPlan.for_config(build_mesh(cfg.mesh), cfg.mesh)

@@ -12,7 +12,7 @@ from flax import nnx
 from test_mesh_invariance import REL, _worst_rel
 
 from param_decomp.config.pretrain_schema import load_pretrain_config
-from param_decomp.targets.pretrain import pretrain
+from param_decomp.jobs.pretrain import pretrain
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "llama_micro_target.yaml"
 

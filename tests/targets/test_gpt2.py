@@ -19,12 +19,12 @@ from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.config.schema import Decomposition, GPT2Model
 from param_decomp.decomposition.masked_forward import clean_forward
 from param_decomp.decomposition.model import DecompositionModel
+from param_decomp.jobs.pretrain import pretrain
 from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import ImportanceMinimality
 from param_decomp.losses.reconstruction import StochasticRecon, StochasticReconLayerwise
 from param_decomp.objective import Objective
 from param_decomp.targets.gpt2 import GPT2, SITE_KINDS
-from param_decomp.targets.pretrain import pretrain
 from param_decomp.train.step import init_state, make_train_step
 
 CFG = {"type": "gpt2", "vocab_size": 32, "d_model": 16, "n_heads": 2, "d_mlp": 32, "seq_len": 8}

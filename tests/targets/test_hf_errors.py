@@ -19,7 +19,7 @@ from param_decomp.config.schema import HFTarget
 from param_decomp.targets.hf.config_map import hf_target_spec
 from param_decomp.targets.hf.errors import HFCheckpointError
 from param_decomp.targets.hf.load import load_hf_target
-from param_decomp.train.loop import load_target_config
+from param_decomp.targets.target_config import resolve_target_config
 
 
 def _load(folder: Path, dtype: str = "float32") -> object:
@@ -167,7 +167,7 @@ def test_data_the_model_cannot_read(tmp_path: Path) -> None:
     write_llama(tmp_path / "model", vocab_size=200)
     cfg = load_decompose_config(_config(tmp_path, target={"hf": "model"}, data={"seq_len": 100}))
     with pytest.raises(ConfigError) as err:
-        load_target_config(cfg, "decompose.yaml")
+        resolve_target_config(cfg, "decompose.yaml")
     problems = dict(err.value.problems)
     assert (
         "256 tokens" in problems["data.tokenizer"]

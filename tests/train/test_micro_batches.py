@@ -33,8 +33,8 @@ from param_decomp.objective import Objective
 from param_decomp.plan.abstract_step import build_abstract_step
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
+from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.targets.tms import TMS
-from param_decomp.train.loop import load_target_config
 from param_decomp.train.micro_batches import split_micro_batches
 from param_decomp.train.step import init_state, make_train_step, place_and_jit
 
@@ -214,7 +214,8 @@ def test_s10_4_the_planner_builds_the_micro_batched_step(tmp_path: Path) -> None
     for k in (1, 4):
         path = _tms_yaml(tmp_path, k)
         cfg = load_decompose_config(path)
-        lowered[k] = build_abstract_step(cfg, load_target_config(cfg, str(path))).lower().as_text()
+        target_cfg = resolve_target_config(cfg, str(path))
+        lowered[k] = build_abstract_step(cfg, target_cfg).lower().as_text()
     # the 256 x 5 batch split into 4 strided micro-batches of 64 rows, one at a time in the loop
     assert "tensor<4x64x5xf32>" in lowered[4] and "tensor<64x5xf32>" in lowered[4]
     assert "x64x5xf32" not in lowered[1] and "tensor<64x5xf32>" not in lowered[1]

@@ -20,9 +20,9 @@ from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import load_decompose_config, load_target_config
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.config.schema import WandbLogging
+from param_decomp.jobs.decompose import run_decompose
 from param_decomp.train import loggers, run_loop
 from param_decomp.train.loggers import WANDB_RUN_ID_FILE, NoLogger, WandbLogger
-from param_decomp.train.loop import run_decompose
 from param_decomp.train.run_loop import EXIT_PREEMPTED, EXIT_USAGE, Job, Preempted, job_logging
 
 REPO = Path(__file__).resolve().parents[2]

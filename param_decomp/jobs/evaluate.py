@@ -1,4 +1,4 @@
-"""`param-decomp eval RUN_DIR [--step N]` (S14.8): evaluate a saved checkpoint of a
+"""The `eval` job, `param-decomp eval RUN_DIR [--step N]` (S14.8): evaluate a saved checkpoint of a
 decomposition run again, without training anything.
 
 The run's own config comes from the checkpoint (item `config`), the target from its cache
@@ -20,23 +20,22 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from param_decomp.config.loading import decompose_config_from_data, load_any_config
+from param_decomp.config.any_config import load_any_config
+from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, HFTarget, TargetConfig
 from param_decomp.eval.figure_tier import TOKEN_HTML, figure_tier, step_figure_dir
 from param_decomp.eval.summary import format_summary_table
-from param_decomp.objective import Objective
-from param_decomp.targets.pretrain import pretrain_dir
-from param_decomp.targets.training import target_dir
-from param_decomp.train.checkpoint import restore_item, restore_json
-from param_decomp.train.loop import (
+from param_decomp.jobs.decompose import (
     eval_summary,
     evaluation,
     load_target,
     make_source,
     new_decomposition,
 )
-from param_decomp.train.run_dir import RunDirError, has_checkpoints
+from param_decomp.objective import Objective
+from param_decomp.train.checkpoint import restore_item, restore_json
+from param_decomp.train.run_dir import RunDirError, has_checkpoints, target_run_dir
 
 
 @dataclass(frozen=True)
@@ -80,12 +79,9 @@ def _require_trained_target(cfg: DecomposeConfig, runs_dir: Path) -> None:
     if isinstance(cfg.target, HFTarget):
         return
     target_cfg = load_any_config(cfg.target)
-    if isinstance(target_cfg, PretrainConfig):
-        folder = pretrain_dir(target_cfg, runs_dir)
-    elif isinstance(target_cfg, TargetConfig):
-        folder = target_dir(target_cfg, runs_dir)
-    else:
+    if not isinstance(target_cfg, PretrainConfig | TargetConfig):
         raise RunDirError(f"{cfg.target} (the run's target) is not a target config")
+    folder = target_run_dir(target_cfg.run_name, runs_dir)
     if target_cfg.train.steps not in has_checkpoints(folder):
         raise RunDirError(
             f"{folder} has no finished target (step {target_cfg.train.steps}); eval never "

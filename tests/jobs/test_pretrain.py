@@ -16,18 +16,21 @@ from flax import nnx
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
 from param_decomp.data.pipeline import fixed_windows
-from param_decomp.data.text import bytes_per_token, decode, encode
 from param_decomp.data.token_store import prepare_tokens
-from param_decomp.targets.pretrain import (
-    build_llama,
+from param_decomp.data.tokenizers import ByteTokenizer
+from param_decomp.jobs.pretrain import (
     evaluate,
     load_pretrained,
     make_objective,
     pretrain,
 )
+from param_decomp.targets.build import build_lm
 from param_decomp.train.checkpoint import restore_data_state
 
 REPO = Path(__file__).resolve().parents[2]
+
+BYTES = ByteTokenizer()
+BYTES_PER_TOKEN = jnp.asarray(BYTES.bytes_per_token())
 
 
 def _raw(**overrides: object) -> dict:
@@ -77,7 +80,7 @@ def test_short_pretrain_learns_and_checkpoint_restores(tmp_path: Path) -> None:
     assert (run / "config.yaml").is_file()
 
     restored = load_pretrained(cfg, tmp_path)  # checkpoint exists: restores, no retraining
-    x = jnp.asarray(encode(Path(cfg.data.corpus).read_text())[:64].reshape(2, 32))
+    x = jnp.asarray(BYTES.encode(Path(cfg.data.corpus).read_text())[:64].reshape(2, 32))
     np.testing.assert_array_equal(np.asarray(restored(x)), np.asarray(model(x)))
 
 
@@ -104,10 +107,10 @@ def test_pretrain_in_bf16_learns_like_fp32_with_fp32_masters(tmp_path: Path) -> 
 
 def test_val_bits_per_byte_is_total_ce_over_bytes(tmp_path: Path) -> None:
     cfg = PretrainConfig.model_validate(_raw())
-    model = build_llama(cfg)
+    model = build_lm(cfg.model, cfg.seed)
     store = prepare_tokens(cfg.data, 32, tmp_path)
     windows = jnp.asarray(fixed_windows(store.val, 32, 8))
-    metrics = evaluate(model, windows, bytes_per_token("byte"))
+    metrics = evaluate(model, windows, BYTES_PER_TOKEN)
 
     logits = np.asarray(model(windows[:, :-1]), np.float64)
     targets = np.asarray(windows[:, 1:])
@@ -146,8 +149,8 @@ def test_objective_matches_lm_objectives_plain_ce() -> None:
     logits = jax.random.normal(jax.random.key(0), (2, 5, 256))
     targets = jax.random.randint(jax.random.key(1), (2, 5), 0, 256)
     cfg = PretrainConfig.model_validate(_raw(objective={"kind": "bytes_weighted_ce"}))
-    bw = make_objective(cfg.objective, bytes_per_token("byte"))(logits, targets)
-    ce = make_objective(PretrainConfig.model_validate(_raw()).objective, bytes_per_token("byte"))(
+    bw = make_objective(cfg.objective, BYTES_PER_TOKEN)(logits, targets)
+    ce = make_objective(PretrainConfig.model_validate(_raw()).objective, BYTES_PER_TOKEN)(
         logits, targets
     )
     assert float(bw) == pytest.approx(float(ce), rel=1e-6)  # 1 byte per token: the same loss
@@ -195,14 +198,14 @@ def test_unknown_key_and_missing_corpus_are_config_errors(tmp_path: Path) -> Non
 
 def test_byte_tokenizer_round_trips() -> None:
     text = "Hana and Cleo walk. naïve"
-    assert decode(encode(text)) == text
+    assert BYTES.decode(BYTES.encode(text)) == text
 
 
 def test_shipped_config_loads_and_llama_is_not_toy_trained() -> None:
     cfg = load_pretrain_config(REPO / "configs" / "targets" / "llama_tiny.yaml")
     assert cfg.model.vocab_size == 256
     from param_decomp.config.schema import TargetConfig
-    from param_decomp.targets.training import train_target
+    from param_decomp.jobs.train_target import train_target
 
     toy = TargetConfig.model_validate(
         {
@@ -214,7 +217,7 @@ def test_shipped_config_loads_and_llama_is_not_toy_trained() -> None:
     )
     with pytest.raises(ConfigError, match="param-decomp pretrain"):
         train_target(toy, Path("/nonexistent"))
-    assert isinstance(nnx.state(build_llama(cfg)), nnx.State)
+    assert isinstance(nnx.state(build_lm(cfg.model, cfg.seed)), nnx.State)
 
 
 def test_poly1_objective_and_soft_cap_from_config(tmp_path: Path) -> None:

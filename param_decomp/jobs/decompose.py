@@ -1,4 +1,6 @@
-"""`param-decomp decompose`: builds everything from the config, trains, evaluates, reports."""
+"""The `decompose` job: the target (cached, trained, pretrained or an hf folder), the data, the
+decomposition, the step and the evaluation assembled from the config and handed to the run
+loop; at the end the evaluation, summary table and figures."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ from jax.experimental import multihost_utils
 from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import check_mesh, load_any_config
+from param_decomp.config.loading import check_mesh
 from param_decomp.config.pretrain_schema import PretrainConfig
-from param_decomp.config.schema import DecomposeConfig, HFTarget, TargetConfig
+from param_decomp.config.schema import DecomposeConfig, TargetConfig
 from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSource
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
@@ -27,17 +29,18 @@ from param_decomp.eval.fast_tier import fast_tier
 from param_decomp.eval.figure_tier import figure_tier, step_figure_dir
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
+from param_decomp.jobs.pretrain import load_pretrained
+from param_decomp.jobs.train_target import load_or_train_target
 from param_decomp.objective import Objective
-from param_decomp.sharding.memory_fit import check_fits
+from param_decomp.plan.memory_fit import check_fits
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.hf.config_map import HFTargetSpec, data_problems, hf_target_spec
-from param_decomp.targets.hf.load import checked_sources, load_hf_target
-from param_decomp.targets.pretrain import load_pretrained
-from param_decomp.targets.training import RUNS_DIR, load_or_train_target
+from param_decomp.targets.hf.config_map import HFTargetSpec
+from param_decomp.targets.hf.load import load_hf_target
+from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.train.loggers import MetricsLogger, NoLogger, check_logging_available
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.run_dir import prepare_run_dir
+from param_decomp.train.run_dir import RUNS_DIR, prepare_run_dir
 from param_decomp.train.run_loop import (
     STOP,
     Job,
@@ -65,18 +68,14 @@ def _resolve_sites(cfg: DecomposeConfig, weights: dict[str, Any], config_path: s
         raise ConfigError(config_path, [("decomposition.sites", str(err))]) from None
 
 
-def load_target_config(cfg: DecomposeConfig, config_path: str) -> BaseModel | HFTargetSpec:
-    """The target's own config: its YAML file, or for `target: {hf: folder}` the folder's
-    config.json as an LM config with the decomposition's text `data:` block (S17.1), its
-    tensors checked from their headers (S17.6)."""
-    if isinstance(cfg.target, HFTarget):
-        spec = hf_target_spec(cfg.target, cfg.data)
-        problems = data_problems(spec)
-        if problems:
-            raise ConfigError(config_path, problems)
-        checked_sources(spec)
-        return spec
-    return load_any_config(cfg.target)
+def checked_target_config(cfg: DecomposeConfig, config_path: str) -> BaseModel | HFTargetSpec:
+    """The target's config, after the checks that must refuse a run before anything is built
+    or written: the mesh divides the devices and batch (S13.1), and the decomposition fits
+    them (S13.4). Run once per run: `run_decompose` hands the result to `build_session`."""
+    check_mesh(cfg, jax.device_count(), config_path)
+    target_cfg = resolve_target_config(cfg, config_path)
+    check_fits(cfg, target_cfg, config_path, jax.device_count())
+    return target_cfg
 
 
 @dataclass
@@ -104,10 +103,10 @@ def load_target(
 ) -> tuple[TargetConfig | PretrainConfig | HFTargetSpec, nnx.Module]:
     """The target's config and the trained target (trained or pretrained first if missing; an
     hf folder read straight into the plan's target shardings, S17.5), its sites resolved
-    against the config (S1.4). `target_cfg`: the caller's `load_target_config` result, so an
-    hf folder's headers are not read again."""
+    against the config (S1.4). `target_cfg`: the caller's `resolve_target_config` result, so
+    an hf folder's headers are not read again."""
     if target_cfg is None:
-        target_cfg = load_target_config(cfg, config_path)
+        target_cfg = resolve_target_config(cfg, config_path)
     if isinstance(target_cfg, HFTargetSpec):
         target = load_hf_target(target_cfg, plan.target_shardings if plan is not None else None)
     elif isinstance(target_cfg, PretrainConfig):
@@ -155,12 +154,13 @@ def build_session(
     runs_dir: Path = RUNS_DIR,
     show_progress: bool = True,
     warm_up: bool = True,
+    target_cfg: BaseModel | HFTargetSpec | None = None,
 ) -> Session:
     """Load/train the target, check sites and mesh, place arrays, warm up (unless resuming:
-    the checkpoint replaces the warmed-up params), jit the step."""
-    check_mesh(cfg, jax.device_count(), config_path)  # S13.1: before anything compiles
-    target_cfg = load_target_config(cfg, config_path)
-    check_fits(cfg, target_cfg, config_path, jax.device_count())  # S13.4: before the target
+    the checkpoint replaces the warmed-up params), jit the step. `target_cfg`: the result of
+    `checked_target_config` when the caller already ran it (else it runs here)."""
+    if target_cfg is None:
+        target_cfg = checked_target_config(cfg, config_path)
     mesh = build_mesh(cfg.mesh)
     plan = PlacementPlan.for_config(mesh, cfg.mesh)
     target_cfg, target = load_target(cfg, config_path, runs_dir, plan, target_cfg)
@@ -301,8 +301,8 @@ def run_decompose(
     """Train a decomposition as configured (or continue it from its latest checkpoint);
     returns the evaluation dict (also written to disk)."""
     command = f"param-decomp decompose {config_path} --runs-dir {runs_dir}"
-    # S13.4: a config that cannot fit is refused before its run folder is touched
-    check_fits(cfg, load_target_config(cfg, config_path), config_path, jax.device_count())
+    # S13.1/S13.4: a config that cannot run or fit is refused before its folder is touched
+    target_cfg = checked_target_config(cfg, config_path)
     check_logging_available(cfg.logging, config_path)
     with ExitStack() as stack:
         with STOP.installed():
@@ -313,7 +313,9 @@ def run_decompose(
                 overwrite,
                 command,
             )
-            session = build_session(cfg, config_path, runs_dir, show_progress, warm_up=not resume)
+            session = build_session(
+                cfg, config_path, runs_dir, show_progress, not resume, target_cfg
+            )
             job = decompose_job(session, f"{command} --resume", show_progress)
             # opened after the target exists: a target trained here logs (and closes) first
             logger = stack.enter_context(job_logging(job, resume))

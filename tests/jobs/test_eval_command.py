@@ -16,8 +16,8 @@ from param_decomp.cli import main
 from param_decomp.config.loading import load_decompose_config
 from param_decomp.data.tokenizers import ByteTokenizer
 from param_decomp.eval.token_text import token_strings, visible_html_text
+from param_decomp.jobs.decompose import run_decompose
 from param_decomp.train.checkpoint import restore_json
-from param_decomp.train.loop import run_decompose
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

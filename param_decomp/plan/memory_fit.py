@@ -42,10 +42,9 @@ from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.sharding.mesh import AXES
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.build import build_target
+from param_decomp.targets.build import build_lm, build_target
 from param_decomp.targets.hf.config_map import HFTargetSpec
 from param_decomp.targets.hf.load import abstract_hf_target
-from param_decomp.targets.pretrain import build_llama
 from param_decomp.targets.token_lm import INDEX_SITES
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import moment_shardings
@@ -145,7 +144,7 @@ def abstract_target_parts(target_cfg: TargetSpec) -> tuple[nnx.GraphDef, Any]:
 
     def build() -> Any:
         if isinstance(target_cfg, PretrainConfig):
-            return build_llama(target_cfg)
+            return build_lm(target_cfg.model, target_cfg.seed)
         return build_target(target_cfg)
 
     graphdef, state = nnx.split(nnx.eval_shape(build))

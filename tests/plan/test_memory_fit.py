@@ -11,17 +11,18 @@ import pytest
 import yaml
 from flax import nnx
 
-import param_decomp.targets.pretrain as pretrain_module
-import param_decomp.train.loop as loop
+import param_decomp.jobs.decompose as loop
+import param_decomp.jobs.pretrain as pretrain_module
+from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_any_config, load_decompose_config
-from param_decomp.sharding.memory_fit import (
+from param_decomp.config.loading import load_decompose_config
+from param_decomp.plan.memory_fit import (
     check_fits,
     device_memory_bytes,
     estimate_decomposition_bytes,
     format_bytes,
 )
-from param_decomp.targets.pretrain import build_llama
+from param_decomp.targets.build import build_lm
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
@@ -213,7 +214,7 @@ def test_s13_4_lm_target_is_estimated_without_pretraining(monkeypatch: pytest.Mo
     assert est is not None
     print(f"llama_micro estimated in {elapsed:.3f} s: {est.breakdown()}")
     # the untrained model (same shapes as the pretrained one), replicated on every device
-    real = nnx.split(build_llama(target_cfg))[1]
+    real = nnx.split(build_lm(target_cfg.model, target_cfg.seed))[1]
     assert est.target == sum(np.asarray(x).nbytes for x in jax.tree.leaves(real))
     # V/U of up (16, 32), down (32, 16), attn.v (16, 16) at C = 8, fp32, whole
     assert est.components == 4 * 8 * (16 + 32 + 32 + 16 + 16 + 16)

@@ -1,4 +1,4 @@
-"""Pretraining the Llama target on text (`param-decomp pretrain`), cached under runs/targets/.
+"""The `pretrain` job: an LM target (Llama or GPT-2) trained on text, cached under runs/targets/.
 
 The run goes through the shared run loop (train/run_loop.py); its checkpoints at
 runs/targets/<run_name>/checkpoints/<step> hold the item `model` (the full `nnx.state`), the
@@ -23,36 +23,22 @@ from jaxtyping import Array, Float, Int
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import mesh_problems
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
-from param_decomp.config.schema import GPT2Model
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.token_store import prepare_tokens
 from param_decomp.losses import lm_objectives as lm
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
+from param_decomp.targets.build import build_lm
 from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
 from param_decomp.targets.precision import lm_logits
 from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.run_dir import has_checkpoints, prepare_run_dir
+from param_decomp.train.run_dir import RUNS_DIR, has_checkpoints, prepare_run_dir, target_run_dir
 from param_decomp.train.run_loop import STOP, Job, run_job
 from param_decomp.train.step import moment_shardings
 
-RUNS_DIR = Path("runs")
-
 LossFn = Callable[[Float[Array, "b t v"], Int[Array, "b t"]], Float[Array, ""]]
-
-
-def pretrain_dir(cfg: PretrainConfig, runs_dir: Path = RUNS_DIR) -> Path:
-    return Path(runs_dir) / "targets" / cfg.run_name
-
-
-def build_llama(cfg: PretrainConfig) -> Llama | GPT2:
-    """The untrained LM of the config's `model.type`; its init is a function of cfg.seed only."""
-    rngs = nnx.Rngs(params=cfg.seed)
-    if isinstance(cfg.model, GPT2Model):
-        return GPT2(cfg.model, rngs=rngs)
-    return Llama(cfg.model, rngs=rngs)
 
 
 def make_objective(obj: Objective, bytes_per_tok: Int[Array, " vocab"]) -> LossFn:
@@ -116,9 +102,9 @@ def pretrain(
     the pipeline position), resume and signals; the final step's `model` is the target.
 
     The run folder is `run_dir` if given (a study's disposable runs), else the cached target's
-    `pretrain_dir`; tokenizers and token files are always cached under `runs_dir`."""
+    `target_run_dir`; tokenizers and token files are always cached under `runs_dir`."""
     seq_len = cfg.seq_len
-    out_dir = pretrain_dir(cfg, runs_dir) if run_dir is None else Path(run_dir)
+    out_dir = target_run_dir(cfg.run_name, runs_dir) if run_dir is None else Path(run_dir)
     command = f"param-decomp pretrain {config_path} --runs-dir {runs_dir}"
     with STOP.installed():
         mesh = _pretrain_mesh(cfg, config_path, devices)
@@ -127,7 +113,7 @@ def pretrain(
         val_host = fixed_windows(store.val, seq_len, cfg.data.max_val_windows)
         bpt = jnp.asarray(store.tokenizer.bytes_per_token())
         loss_of_logits = make_objective(cfg.objective, bpt)
-        model = build_llama(cfg)
+        model = build_lm(cfg.model, cfg.seed)
         graphdef, params = nnx.split(model)  # every variable of the LM is a trained Param
         optimizer = make_optimizer(cfg.train.optimizer, cfg.train.steps)
         dtype = cfg.train.compute_dtype
@@ -200,10 +186,11 @@ def load_pretrained(
 ) -> Llama | GPT2:
     """The cached pretrained model if its run finished, else pretrain it (continuing an
     interrupted run from its latest checkpoint)."""
-    ckpt = pretrain_dir(cfg, runs_dir) / "checkpoints"
-    steps = has_checkpoints(pretrain_dir(cfg, runs_dir))
+    run = target_run_dir(cfg.run_name, runs_dir)
+    ckpt = run / "checkpoints"
+    steps = has_checkpoints(run)
     if cfg.train.steps in steps:
-        return restore_module(ckpt, build_llama(cfg), cfg.train.steps)
+        return restore_module(ckpt, build_lm(cfg.model, cfg.seed), cfg.train.steps)
     resume = bool(steps)
     print(
         f"pretrained model {cfg.run_name!r} is incomplete (steps {steps}); resuming it"

@@ -1,4 +1,5 @@
-"""Training the toy targets themselves (`param-decomp train-target`), cached under runs/targets/."""
+"""The `train-target` job: a toy target trained on its sparse features in the shared run loop,
+cached under runs/targets/ (and trained here when a decomposition finds no cached one)."""
 
 from __future__ import annotations
 
@@ -17,14 +18,8 @@ from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.targets.build import build_target
 from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.run_dir import has_checkpoints, prepare_run_dir
+from param_decomp.train.run_dir import RUNS_DIR, has_checkpoints, prepare_run_dir, target_run_dir
 from param_decomp.train.run_loop import STOP, Job, run_job
-
-RUNS_DIR = Path("runs")
-
-
-def target_dir(cfg: TargetConfig, runs_dir: Path = RUNS_DIR) -> Path:
-    return runs_dir / "targets" / cfg.run_name
 
 
 def train_target(
@@ -48,7 +43,7 @@ def train_target(
                 )
             ],
         )
-    out_dir = target_dir(cfg, runs_dir)
+    out_dir = target_run_dir(cfg.run_name, runs_dir)
     command = f"param-decomp train-target {config_path} --runs-dir {runs_dir}"
     with STOP.installed():
         prepare_run_dir(out_dir, cfg.model_dump(mode="json"), resume, overwrite, command)
@@ -111,7 +106,7 @@ def load_or_train_target(
 ) -> nnx.Module:
     """The cached target if its run finished, else train it first (continuing an
     interrupted run from its latest checkpoint)."""
-    run = target_dir(cfg, runs_dir)
+    run = target_run_dir(cfg.run_name, runs_dir)
     steps = has_checkpoints(run)
     if cfg.train.steps in steps:
         return restore_module(run / "checkpoints", build_target(cfg), cfg.train.steps)

@@ -1,0 +1,29 @@
+"""The target a decomposition config names, as a config: its YAML, or an hf folder's spec.
+
+Shared by the decompose job, `param-decomp plan` and the memory check, which all need the
+target's shapes before anything is built.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from param_decomp.config.any_config import load_any_config
+from param_decomp.config.errors import ConfigError
+from param_decomp.config.schema import DecomposeConfig, HFTarget
+from param_decomp.targets.hf.config_map import HFTargetSpec, data_problems, hf_target_spec
+from param_decomp.targets.hf.load import checked_sources
+
+
+def resolve_target_config(cfg: DecomposeConfig, config_path: str) -> BaseModel | HFTargetSpec:
+    """The target's own config: its YAML file, or for `target: {hf: folder}` the folder's
+    config.json as an LM config with the decomposition's text `data:` block (S17.1), its
+    tensors checked from their headers (S17.6)."""
+    if isinstance(cfg.target, HFTarget):
+        spec = hf_target_spec(cfg.target, cfg.data)
+        problems = data_problems(spec)
+        if problems:
+            raise ConfigError(config_path, problems)
+        checked_sources(spec)
+        return spec
+    return load_any_config(cfg.target)
