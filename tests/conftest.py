@@ -1,20 +1,71 @@
-"""Test configuration: 4 simulated CPU devices, so every sharding path runs (set before jax)."""
+"""Test configuration, set before jax starts: 4 simulated CPU devices, so every sharding path
+runs, and one XLA compilation cache for the whole test run.
+
+The cache: many tests compile the same step (a run, its resumed twin, the CLI subprocesses,
+the xdist workers); the first compile of a program is stored and the others load it. The
+folder is made fresh by the process that starts the run (inherited by the xdist workers and
+every subprocess through the environment) and removed when that process ends, so no run
+sees another run's programs. A caller's own JAX_COMPILATION_CACHE_DIR is left as it is.
+"""
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-).strip()
+DEVICES_FLAG = "--xla_force_host_platform_device_count=4"
+if DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DEVICES_FLAG).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+OWN_COMPILE_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
+if OWN_COMPILE_CACHE:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="param_decomp_xla_cache_")
+    # programs that compile in under this many seconds are not worth a disk round trip
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDENS_DIR = REPO_ROOT.parent / "shared" / "goldens"
+FIXTURES = REPO_ROOT / "tests" / "fixtures"
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The process that made the cache folder removes it (xdist workers did not make one)."""
+    if OWN_COMPILE_CACHE:
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
 def goldens_dir() -> Path:
     assert GOLDENS_DIR.is_dir(), f"goldens not found at {GOLDENS_DIR} (../shared beside the repo)"
     return GOLDENS_DIR
+
+
+@pytest.fixture(scope="session")
+def trained_targets(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """`install(runs_dir, *target_yamls)`: the targets trained (or pretrained) once per test
+    process, by the same jobs a decomposition runs, then copied into `runs_dir/targets/`
+    where `decompose` finds them cached. Tests of the target training itself do not use it."""
+    from param_decomp.config.any_config import load_any_config
+    from param_decomp.config.pretrain_schema import PretrainConfig
+    from param_decomp.jobs.pretrain import load_pretrained
+    from param_decomp.jobs.train_target import load_or_train_target
+    from param_decomp.train.run_dir import target_run_dir
+
+    cache = tmp_path_factory.mktemp("trained_targets")
+
+    def install(runs_dir: Path, *target_yamls: Path) -> Path:
+        for target_yaml in target_yamls:
+            cfg = load_any_config(target_yaml)
+            trained = target_run_dir(cfg.run_name, cache)
+            if not trained.is_dir():
+                train = load_pretrained if isinstance(cfg, PretrainConfig) else load_or_train_target
+                train(cfg, cache, str(target_yaml))
+            shutil.copytree(trained, target_run_dir(cfg.run_name, runs_dir), dirs_exist_ok=True)
+        return runs_dir
+
+    return install

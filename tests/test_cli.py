@@ -1,25 +1,18 @@
-"""The `param-decomp` command line as a user runs it (issue 3 acceptance 5, S11)."""
+"""The `param-decomp` command line as a user runs it (issue 3 acceptance 5, S11): the decompose
+run as a separate process of the console entry point; the rest through the same `main` in
+this process (`cli_runner.run_cli`)."""
 
 import json
 import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+from cli_runner import REPO, cli_command, run_cli
 
-REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "fixtures" / "tms_tiny.yaml"
-
-
-def _cli(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "param_decomp.cli", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+_cli = run_cli
 
 
 @pytest.mark.parametrize("sub", ["train-target", "decompose", "pretrain", "eval", "check-goldens"])
@@ -32,7 +25,8 @@ def test_decompose_writes_run_folder_table_and_figures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb_dir"))
-    out = _cli("decompose", str(TINY), "--runs-dir", str(tmp_path))
+    argv = cli_command("decompose", str(TINY), "--runs-dir", str(tmp_path))
+    out = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "training it first" in out.stdout  # target trained and cached on first use
     # summary table: per-site alive counts and the eval losses
@@ -65,14 +59,17 @@ def test_decompose_writes_run_folder_table_and_figures(
     assert [p for p in tmp_path.rglob("*") if "wandb" in p.name] == []
 
 
-def test_s11_1_nonfinite_loss_stops_with_step_and_term(tmp_path: Path) -> None:
+def test_s11_1_nonfinite_loss_stops_with_step_and_term(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     cfg = yaml.safe_load(TINY.read_text())
     cfg["target"] = str(REPO / cfg["target"])
     cfg["train"]["optimizer"]["lr"] = 1.0e30
     cfg["train"]["faithfulness_warmup"] = {"steps": 0}
     bad = tmp_path / "nan.yaml"
     bad.write_text(yaml.safe_dump(cfg))
-    out = _cli("decompose", str(bad), "--runs-dir", str(tmp_path / "runs"))
+    runs = trained_targets(tmp_path / "runs", REPO / cfg["target"])
+    out = _cli("decompose", str(bad), "--runs-dir", str(runs))
     assert out.returncode == 1, out.stderr[-2000:]
     assert "non-finite loss at step" in out.stderr and "train/loss/" in out.stderr
     assert "Traceback" not in out.stderr

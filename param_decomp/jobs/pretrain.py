@@ -25,6 +25,7 @@ from param_decomp.config.loading import mesh_problems
 from param_decomp.config.pretrain_schema import Objective, PretrainConfig
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.token_store import prepare_tokens
+from param_decomp.jobs.target_cache import cached_or_trained
 from param_decomp.losses import lm_objectives as lm
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
@@ -32,9 +33,8 @@ from param_decomp.targets.build import build_lm
 from param_decomp.targets.gpt2 import GPT2
 from param_decomp.targets.llama import Llama
 from param_decomp.targets.precision import lm_logits
-from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.run_dir import RUNS_DIR, has_checkpoints, prepare_run_dir, target_run_dir
+from param_decomp.train.run_dir import RUNS_DIR, prepare_run_dir, target_run_dir
 from param_decomp.train.run_loop import STOP, Job, run_job
 from param_decomp.train.step import moment_shardings
 
@@ -186,15 +186,12 @@ def load_pretrained(
 ) -> Llama | GPT2:
     """The cached pretrained model if its run finished, else pretrain it (continuing an
     interrupted run from its latest checkpoint)."""
-    run = target_run_dir(cfg.run_name, runs_dir)
-    ckpt = run / "checkpoints"
-    steps = has_checkpoints(run)
-    if cfg.train.steps in steps:
-        return restore_module(ckpt, build_lm(cfg.model, cfg.seed), cfg.train.steps)
-    resume = bool(steps)
-    print(
-        f"pretrained model {cfg.run_name!r} is incomplete (steps {steps}); resuming it"
-        if resume
-        else f"no pretrained model at {ckpt}; pretraining it first"
+    return cached_or_trained(
+        cfg.run_name,
+        runs_dir,
+        cfg.train.steps,
+        lambda: build_lm(cfg.model, cfg.seed),
+        lambda resume: pretrain(cfg, runs_dir, resume=resume, config_path=config_path),
+        "pretrained model",
+        "pretraining",
     )
-    return pretrain(cfg, runs_dir, resume=resume, config_path=config_path)

@@ -15,10 +15,10 @@ from flax import nnx
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.schema import GPT2Model, LlamaModel, TargetConfig
 from param_decomp.data.sparse_features import sample_sparse_features
+from param_decomp.jobs.target_cache import cached_or_trained
 from param_decomp.targets.build import build_target
-from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.optimizer import make_optimizer
-from param_decomp.train.run_dir import RUNS_DIR, has_checkpoints, prepare_run_dir, target_run_dir
+from param_decomp.train.run_dir import RUNS_DIR, prepare_run_dir, target_run_dir
 from param_decomp.train.run_loop import STOP, Job, run_job
 
 
@@ -106,13 +106,12 @@ def load_or_train_target(
 ) -> nnx.Module:
     """The cached target if its run finished, else train it first (continuing an
     interrupted run from its latest checkpoint)."""
-    run = target_run_dir(cfg.run_name, runs_dir)
-    steps = has_checkpoints(run)
-    if cfg.train.steps in steps:
-        return restore_module(run / "checkpoints", build_target(cfg), cfg.train.steps)
-    print(
-        f"target {cfg.run_name!r} is incomplete (steps {steps}); resuming it"
-        if steps
-        else f"no trained target at {run}; training it first"
+    return cached_or_trained(
+        cfg.run_name,
+        runs_dir,
+        cfg.train.steps,
+        lambda: build_target(cfg),
+        lambda resume: train_target(cfg, runs_dir, resume=resume, config_path=config_path),
+        "trained target",
+        "training",
     )
-    return train_target(cfg, runs_dir, resume=bool(steps), config_path=config_path)

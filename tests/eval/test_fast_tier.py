@@ -1,7 +1,7 @@
 """The fast evaluation tier (SPEC S14.2-S14.6) on the micro LM and on a tiny TMS."""
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import jax
@@ -23,12 +23,18 @@ FIXTURES = REPO / "tests" / "fixtures"
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def runs_dir(
+    tmp_path_factory: pytest.TempPathFactory, trained_targets: Callable[..., Path]
+) -> Iterator[Path]:
     """A runs folder for the module; the token cache (runs/ of the working directory) is the
     repository's, as in the other LM tests."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)
-        yield tmp_path_factory.mktemp("runs")
+        yield trained_targets(
+            tmp_path_factory.mktemp("runs"),
+            FIXTURES / "tms_tiny_target.yaml",
+            FIXTURES / "llama_micro_target.yaml",
+        )
 
 
 def _session(name: str, runs_dir: Path) -> Session:
@@ -38,12 +44,12 @@ def _session(name: str, runs_dir: Path) -> Session:
 
 @pytest.fixture(scope="module")
 def lm(runs_dir: Path) -> Session:
-    return _session("llama_micro.yaml", runs_dir)  # pretrains the micro LM into runs_dir
+    return _session("llama_micro.yaml", runs_dir)  # the micro LM, pretrained once (trained_targets)
 
 
 @pytest.fixture(scope="module")
 def tms(runs_dir: Path) -> Session:
-    return _session("tms_tiny.yaml", runs_dir)  # trains the tiny TMS into runs_dir
+    return _session("tms_tiny.yaml", runs_dir)  # the tiny TMS, trained once (trained_targets)
 
 
 def _host(session: Session, params: nnx.State | None = None) -> tuple[nnx.State, nnx.State]:
@@ -243,7 +249,7 @@ def test_s14_2_eval_every_logs_at_multiples_and_last_step(runs_dir: Path, lm: Se
     """eval.every = 10 on 32 steps (log_every 4): eval keys at 10, 20, 30 and 32 only, also in
     eval.json; after the warm-up and a few steps, ablating every component is worse than
     keeping the CI-masked ones (S14.3)."""
-    del lm  # the target is pretrained into runs_dir by the lm fixture
+    del lm  # built first: the module's LM session (its target is in runs_dir already)
     cfg = _lm_run_config(runs_dir, every=10, steps=32)
     result = run_decompose(cfg, "llama_micro_fast_tier.yaml", runs_dir, show_progress=False)
     run = runs_dir / cfg.run_name

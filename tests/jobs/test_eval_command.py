@@ -5,7 +5,7 @@ numbers from its checkpoints, and its errors."""
 import html
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +27,16 @@ LM_PNGS = {*TOY_PNGS, "token_ci"}
 
 
 @pytest.fixture(scope="module")
-def runs_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def runs_dir(
+    tmp_path_factory: pytest.TempPathFactory, trained_targets: Callable[..., Path]
+) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(REPO)  # the fixtures name their targets relative to the repository
-        yield tmp_path_factory.mktemp("runs")
+        yield trained_targets(
+            tmp_path_factory.mktemp("runs"),
+            FIXTURES / "tms_tiny_target.yaml",
+            FIXTURES / "llama_micro_target.yaml",
+        )
 
 
 def _run(name: str, runs_dir: Path, steps: int, every: int, **train: object) -> Path:

@@ -1,26 +1,21 @@
 """S6A.6 + S11.4: a persistent PGD adversary resumes through a checkpoint bit for bit. Its own
-file (three CLI runs, the longest test of the PGD set), so pytest-xdist's --dist loadfile can
-run it beside the rest of tests/losses/test_pgd.py."""
+file (three CLI runs, in this process through `cli_runner.run_cli`), so pytest-xdist's --dist
+loadfile can run it beside the rest of tests/losses/test_pgd.py."""
 
 from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
 import yaml
+from cli_runner import REPO
+from cli_runner import run_cli as _cli
 
-REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "param_decomp.cli", *args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
 
 
 def _config(tmp_path: Path, steps: int) -> Path:
@@ -51,8 +46,11 @@ def _restore_item(checkpoints: Path, item: str) -> dict:
     return restored[item]
 
 
-def test_s6a_6_persistent_adversary_resumes_exactly(tmp_path: Path) -> None:
+def test_s6a_6_persistent_adversary_resumes_exactly(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     """3 steps, checkpoint, --resume to 6 == 6 uninterrupted steps (S11.4), adversary included."""
+    trained_targets(tmp_path / "a", FIXTURES / "tms_tiny_target.yaml")
     straight = _cli("decompose", str(_config(tmp_path, 6)), "--runs-dir", str(tmp_path / "a"))
     assert straight.returncode == 0, straight.stderr[-3000:]
     shutil.copytree(tmp_path / "a" / "targets", tmp_path / "b" / "targets")

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -51,18 +52,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("mesh_name", ["data4", "data2_tensor2"])
-def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_name: str) -> None:
-    out = tmp_path / "trajectory.json"
+TWO_PROCESS_MESHES = ["data4", "data2_tensor2"]
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Both meshes' trajectories from ONE pair of worker processes (2 x 2 CPU devices)."""
+    out = tmp_path_factory.mktemp("two_processes") / "trajectories.json"
     port = _free_port()
+    meshes = ",".join(TWO_PROCESS_MESHES)
     _run_together(
         [
-            [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), mesh_name]
+            [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), meshes]
             for pid in range(2)
         ]
     )
-    got = json.loads(out.read_text())
-    assert got["devices"] == 4
+    return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize("mesh_name", TWO_PROCESS_MESHES)
+def test_two_processes_reproduce_single_process_trajectory(
+    two_process_runs: dict, mesh_name: str
+) -> None:
+    assert two_process_runs["devices"] == 4
+    got = two_process_runs["runs"][mesh_name]
     ref_history, ref_params = trajectory(toy_problem(), *MESHES[mesh_name])
     loss_rel = _worst_rel(got["history"], ref_history)
     param_rel = _worst_rel(_as_arrays(got["params"]), _as_arrays(ref_params))
@@ -70,7 +83,9 @@ def test_two_processes_reproduce_single_process_trajectory(tmp_path: Path, mesh_
     assert loss_rel <= REL and param_rel <= REL, (loss_rel, param_rel)
 
 
-def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
+def test_cli_decompose_runs_as_two_processes(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     """`param-decomp decompose --coordinator ...` on 2 processes x 2 CPU devices: one 4-device
     mesh; only process 0 writes metrics and figures, the figure tier at step 20 (both processes
     take part in its host copy, S14.7) and at the end."""
@@ -79,6 +94,7 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     cfg["eval"]["figures_every"] = 20
     config = tmp_path / "tms_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
+    trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
     port = _free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     _run_together(
@@ -113,7 +129,9 @@ def test_cli_decompose_runs_as_two_processes(tmp_path: Path) -> None:
     assert json.loads((run / "eval.json").read_text())["alive"].keys() == {"linear1", "linear2"}
 
 
-def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> None:
+def test_sigterm_to_one_process_stops_both_at_the_same_step(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     """S11.6: a signal to process 0 only; both processes agree on the stop step, save one
     collective checkpoint there and exit 75; `--resume` on both finishes the run."""
     import signal
@@ -126,6 +144,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path: Path) -> N
     raw["checkpointing"] = {"every": 0, "keep": 2}
     config = tmp_path / "long.yaml"
     config.write_text(yaml.safe_dump(raw))
+    trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
     port = _free_port()
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,9 +24,11 @@ def _truncate_step(step_dir: Path) -> None:
                 handle.truncate(f.stat().st_size // 2)
 
 
-def test_corrupted_newest_step_falls_back_and_says_so(tmp_path: Path) -> None:
+def test_corrupted_newest_step_falls_back_and_says_so(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     config = _toy_config(tmp_path, steps=100)
-    runs = tmp_path / "runs"
+    runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
@@ -48,7 +51,10 @@ def test_corrupted_newest_step_falls_back_and_says_so(tmp_path: Path) -> None:
     assert "Traceback" not in broken.stderr
 
 
-def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path: Path) -> None:
+def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
+    trained_targets(tmp_path, FIXTURES / "tms_tiny_target.yaml")
     cfg = yaml.safe_load((FIXTURES / "tms_tiny.yaml").read_text())
     cfg["target"] = str(FIXTURES / "tms_tiny_target.yaml")
     cfg["train"]["optimizer"] = {"lr": 1.0e30, "schedule": {"kind": "constant"}}
@@ -71,9 +77,11 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(tmp_path: 
     assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(restored))
 
 
-def test_resume_refuses_a_changed_config_and_a_missing_run(tmp_path: Path) -> None:
+def test_resume_refuses_a_changed_config_and_a_missing_run(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     config = _toy_config(tmp_path, steps=30)
-    runs = tmp_path / "runs"
+    runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     missing = _run(*args, "--resume")
     assert missing.returncode == EXIT_USAGE and "has no checkpoints" in missing.stderr
@@ -116,7 +124,9 @@ def test_a_signal_during_set_up_stops_without_a_checkpoint() -> None:
     )
 
 
-def test_a_second_signal_aborts_at_once(tmp_path: Path) -> None:
+def test_a_second_signal_aborts_at_once(
+    tmp_path: Path, trained_targets: Callable[..., Path]
+) -> None:
     """S11.6: SIGTERM then SIGINT (two signal numbers, so Python cannot fold them into one)
     in the loop: exit 130 at once, without the stop-and-save of the first signal."""
     import subprocess
@@ -126,7 +136,7 @@ def test_a_second_signal_aborts_at_once(tmp_path: Path) -> None:
     from param_decomp.train.run_loop import EXIT_ABORTED
 
     config = _toy_config(tmp_path, steps=100_000)
-    runs = tmp_path / "runs"
+    runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
