@@ -471,6 +471,12 @@ class Eval(StrictModel):
     figures_every: Annotated[int, Field(ge=0)] = Field(
         default=0, description="figure tier every N steps (S14.7); 0 = only at the end"
     )
+    pgd_steps: Annotated[int, Field(ge=0)] = Field(
+        default=20, description="sign-ascent steps of the fast tier's pgd mask (S14.10)"
+    )
+    pgd_step_size: PositiveFloat = Field(
+        default=0.1, description="step of the pgd mask's sources, clamped to [0, 1] (S14.10)"
+    )
 
     @model_validator(mode="after")
     def _figures_every_needs_figures(self) -> Eval:

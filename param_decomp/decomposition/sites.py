@@ -8,6 +8,7 @@ checkpoint the same pytree.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from fnmatch import fnmatchcase
 
@@ -61,3 +62,16 @@ def resolve_sites(dec: Decomposition, target_sites: Sequence[str]) -> dict[str, 
                 f"({site_C[tied]} and {site_C[source]})"
             )
     return {s: site_C[s] for s in target_sites if s in site_C}
+
+
+_LAYER_SITE = re.compile(r"^(layers\.\d+)\.")
+
+
+def site_layers(sites: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """{layer: its sites}, in site order (S14.9). A site `layers.<i>.<rest>` belongs to the
+    layer `layers.<i>`; any other site (`linear1`, `hidden_layers.0`, ...) is a layer alone."""
+    layers: dict[str, list[str]] = {}
+    for site in sites:
+        match = _LAYER_SITE.match(site)
+        layers.setdefault(match.group(1) if match else site, []).append(site)
+    return {layer: tuple(members) for layer, members in layers.items()}

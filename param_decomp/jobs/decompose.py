@@ -352,13 +352,31 @@ def evaluation(
     result["fast_tier"] = fast_tier(
         cfg, graphdef, params, target_graphdef, target_state, batches, source.probe()
     )
+    result["summary_table"] = format_summary_table(summary_rows(result))
+    return result
+
+
+# the whole-model masks the summary table reports ce_unrecovered for (LM targets, S14.9)
+SUMMARY_MASKS = ("ci", "rounded_ci>0.1", "stochastic", "pgd")
+
+
+def summary_rows(result: dict[str, Any]) -> list[dict[str, object]]:
+    """Per site: alive, C and L0 (CI > threshold, S14.5); the eval losses; per layer the carry
+    check (S14.11); for LMs the share of the ablation gap the main masks leave (S14.9)."""
+    fast = result["fast_tier"]
     rows: list[dict[str, object]] = []
     for site, alive in result["alive"].items():
-        rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "value": ""})
+        l0 = fast[f"eval/ci_l0/{site}"]
+        rows.append({"site": site, "alive": int(alive.sum()), "C": int(alive.size), "L0": l0})
     for name, value in result["losses"].items():
-        rows.append({"site": name, "alive": "", "C": "", "value": value})
-    result["summary_table"] = format_summary_table(rows)
-    return result
+        rows.append({"site": name, "value": value})
+    carried = sorted(k for k in fast if k.startswith("eval/carried/"))
+    rows += [{"site": key, "value": fast[key]} for key in carried]
+    unrecovered = [f"eval/ce_unrecovered/{m}" for m in SUMMARY_MASKS]
+    rows += [{"site": key, "value": fast[key]} for key in unrecovered if key in fast]
+    for row in rows:
+        row.setdefault("value", "")
+    return rows
 
 
 def eval_summary(result: dict[str, Any], step: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from flax import nnx
 from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.schema import DecomposeConfig
 from param_decomp.decomposition.model import DecompositionModel
+from param_decomp.decomposition.sites import site_layers
 from param_decomp.eval.decomposition_eval import causal_importance_on, evaluate_decomposition
 from param_decomp.eval.fast_tier import MASKS, fast_tier
 from param_decomp.jobs.decompose import Session, build_session, run_decompose, to_host
@@ -108,9 +109,15 @@ def _kl(target_logits: np.ndarray, masked_logits: np.ndarray) -> np.ndarray:
 
 def _expected_keys(sites: list[str], lm: bool) -> set[str]:
     names = [f"eval/{d}/{m}" for m in MASKS for d in (("ce", "kl") if lm else ("mse",))]
-    names += ["eval/ce/target"] if lm else []
+    names += ["eval/ce/target", *(f"eval/ce_unrecovered/{m}" for m in MASKS)] if lm else []
     names += [f"eval/ci_l0/{s}" for s in sites] + ["eval/ci_l0/mean"]
+    names += [f"eval/ci_l0_any/{s}" for s in sites]
     names += [f"eval/alive_frac/{s}" for s in sites] + ["eval/alive_frac/all"]
+    names += [f"eval/alive_mean_ci_frac/{s}" for s in sites]
+    layers = list(site_layers(sites))
+    names += [f"eval/carried/{layer}" for layer in layers]
+    names += [f"eval/stochastic_worst_subset/{layer}" for layer in layers]
+    names += ["eval/ce/stochastic_worst_subset" if lm else "eval/mse/stochastic_worst_subset"]
     return set(names)
 
 
