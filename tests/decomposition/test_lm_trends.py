@@ -5,6 +5,7 @@ closer to the target than the zero-masked one (fast tier, S14.2-S14.5)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,10 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_s14_2_lm_decomposition_lowers_kl_and_ci_l0_together(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_targets: Callable[..., Path]
 ) -> None:
     monkeypatch.chdir(REPO)
+    trained_targets(tmp_path, REPO / "tests" / "fixtures" / "llama_2l_target.yaml")
     cfg = load_decompose_config(REPO / "tests" / "fixtures" / "llama_2l.yaml")
     result = run_decompose(cfg, "llama_2l.yaml", tmp_path, show_progress=False)
     lines = (tmp_path / "llama_2l" / "metrics.jsonl").read_text().splitlines()

@@ -3,6 +3,7 @@ an LM (embedding and unembedding included) is a site; S5.5 the global transforme
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -175,7 +176,7 @@ def test_s5_5_transformer_ci_trains_through_its_rotary_blocks() -> None:
 
 
 def test_s1_4_s5_5_lm_decomposition_by_pattern_with_transformer_ci(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trained_targets: Callable[..., Path]
 ) -> None:
     """A config with patterns, per-pattern C, embed/unembed sites and the transformer CI runs
     end to end; V/U and the alive counts have each site's own C."""
@@ -195,6 +196,7 @@ def test_s1_4_s5_5_lm_decomposition_by_pattern_with_transformer_ci(
     cfg["eval"]["figures"] = False
     path = tmp_path / "patterns.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    trained_targets(tmp_path, REPO / cfg["target"])
     result = run_decompose(load_decompose_config(path), str(path), tmp_path, show_progress=False)
     want = {
         "embed": 4,
