@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
+from direct_forward import component_output
 from flax import nnx
 
 from param_decomp.config.loading import load_decompose_config
@@ -76,19 +77,7 @@ def _evaluate(session: Session) -> dict[str, float]:
 
 def _component_model_output(model, target, x, masks=None):  # noqa: ANN001, ANN202
     """Independent of masked_site_fn: every decomposed site computes ((x V) * m) U."""
-    VU = model.all_VU()
-
-    def product(h: jax.Array, M: jax.Array) -> jax.Array:
-        return M[h] if jnp.issubdtype(h.dtype, jnp.integer) else h @ M  # token ids: M's rows
-
-    def site_fn(name: str, h: jax.Array, W: jax.Array) -> jax.Array:
-        if name not in VU:
-            return product(h, W)
-        V, U = VU[name]
-        acts = product(h, V)
-        return (acts if masks is None else acts * masks[name]) @ U
-
-    return np.asarray(target(x, site_fn), np.float64)
+    return np.asarray(component_output(model, target, x, masks), np.float64)
 
 
 def _log_softmax(logits: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from direct_forward import component_output
 from flax import nnx
 
 from param_decomp.config.loading import load_decompose_config
@@ -53,32 +54,16 @@ def session(
             dataclasses.replace(t, delta_component=False) if hasattr(t, "delta_component") else t
             for t in cfg.losses
         ]
-        cfg = cfg.model_copy(update={"losses": losses})
+        # one eval batch of 16 windows: the figures' definitions, not their averaging, are checked
+        cfg = cfg.model_copy(
+            update={"losses": losses, "eval": cfg.eval.model_copy(update={"n_batches": 1})}
+        )
         yield build_session(cfg, "llama_2l.yaml", runs, show_progress=False)
 
 
 def _host(session: Session, params: nnx.State | None = None) -> tuple[nnx.State, nnx.State]:
     params = session.state.params if params is None else params
     return jax.tree.map(jnp.asarray, to_host((params, session.target_state)))
-
-
-def _output(model, target, x, masks=None, live=None):  # noqa: ANN001, ANN202
-    """Logits with the `live` sites (default: all decomposed) computing ((x V) * m) U and every
-    other site x @ W; written here without masked_site_fn."""
-    VU = model.all_VU()
-    live = set(VU) if live is None else set(live)
-
-    def product(h: jax.Array, M: jax.Array) -> jax.Array:
-        return M[h] if jnp.issubdtype(h.dtype, jnp.integer) else h @ M  # token ids: M's rows
-
-    def site_fn(name: str, h: jax.Array, W: jax.Array) -> jax.Array:
-        if name not in live:
-            return product(h, W)
-        V, U = VU[name]
-        acts = product(h, V)
-        return (acts if masks is None else acts * masks[name]) @ U
-
-    return target(x, site_fn)
 
 
 def _ce(logits: jax.Array, tokens: jax.Array) -> float:
@@ -114,35 +99,40 @@ def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dic
         ci = causal_importance_on(model, target, x)
         row = {"ce/target": _ce(clean, x)}
         zero = {s: jnp.zeros_like(c) for s, c in ci.items()}
-        row["ce/zero"] = _ce(_output(model, target, x, zero), x)
-        row["ce/ci"] = _ce(_output(model, target, x, ci), x)
+        row["ce/zero"] = _ce(component_output(model, target, x, zero), x)
+        row["ce/ci"] = _ce(component_output(model, target, x, ci), x)
         for t in ROUND_THRESHOLDS:
-            masked = _output(model, target, x, {s: (c > t).astype(c.dtype) for s, c in ci.items()})
+            masked = component_output(
+                model, target, x, {s: (c > t).astype(c.dtype) for s, c in ci.items()}
+            )
             row[f"ce/{rounded_name(t)}"] = _ce(masked, x)
             row[f"kl/{rounded_name(t)}"] = float(_kl(clean, masked))
         carry = {s: (c > 0.1).astype(c.dtype) for s, c in ci.items()}
         for layer, members in layers.items():
-            row[f"{layer}/rounded"] = _ce(_output(model, target, x, carry, members), x)
-            row[f"{layer}/zero"] = _ce(_output(model, target, x, zero, members), x)
+            row[f"{layer}/rounded"] = _ce(component_output(model, target, x, carry, members), x)
+            row[f"{layer}/zero"] = _ce(component_output(model, target, x, zero, members), x)
         plan = ReconPlan("all", "continuous", 1, False)
         u = draw_plan_sources(plan, keys["stochastic"], x.shape, sites, model.site_C)[0][0]
         stochastic = {s: ci[s] + (1 - ci[s]) * u["mask_source"][s] for s in sites}
         for j, subset in enumerate(subsets):
             live = [s for i_layer in subset for s in layer_sites[i_layer]]
-            row[f"subset/{j}"] = _ce(_output(model, target, x, stochastic, live), x)
+            row[f"subset/{j}"] = _ce(component_output(model, target, x, stochastic, live), x)
         sources = pgd_start(keys["pgd"], model.site_C)
 
         def kl_of(
             src: dict, x: jax.Array = x, clean: jax.Array = clean, ci: dict = ci
         ) -> jax.Array:
             return _kl(
-                clean, _output(model, target, x, {s: ci[s] + (1 - ci[s]) * src[s] for s in sites})
+                clean,
+                component_output(
+                    model, target, x, {s: ci[s] + (1 - ci[s]) * src[s] for s in sites}
+                ),
             )
 
         for steps in range(max(PGD_STEPS) + 1):
             if steps in PGD_STEPS:
                 pgd = {s: ci[s] + (1 - ci[s]) * sources[s] for s in sites}
-                row[f"ce/pgd@{steps}"] = _ce(_output(model, target, x, pgd), x)
+                row[f"ce/pgd@{steps}"] = _ce(component_output(model, target, x, pgd), x)
                 row[f"kl/pgd@{steps}"] = float(kl_of(sources))
             if steps < max(PGD_STEPS):
                 grads = jax.grad(kl_of)(sources)
@@ -158,6 +148,16 @@ def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dic
     }
 
 
+def _tier(session: Session, params: nnx.State, target_state: nnx.State, pgd_steps: int) -> dict:
+    """The fast tier of `params` on the session's eval batches with `eval.pgd_steps` set."""
+    cfg = session.cfg.model_copy(
+        update={"eval": session.cfg.eval.model_copy(update={"pgd_steps": pgd_steps})}
+    )
+    return fast_tier(
+        cfg, session.graphdef, params, session.target_graphdef, target_state, _batches(session)
+    )
+
+
 def _gap(value: float, reference: float, ablated: float) -> float:
     return (value - reference) / (ablated - reference)
 
@@ -165,19 +165,7 @@ def _gap(value: float, reference: float, ablated: float) -> float:
 def test_s14_9_to_s14_12_match_a_direct_computation(session: Session) -> None:
     params, target_state = _host(session)
     want = _direct(session, params, target_state)
-    by_steps = {
-        steps: fast_tier(
-            session.cfg.model_copy(
-                update={"eval": session.cfg.eval.model_copy(update={"pgd_steps": steps})}
-            ),
-            session.graphdef,
-            params,
-            session.target_graphdef,
-            target_state,
-            _batches(session),
-        )
-        for steps in PGD_STEPS
-    }
+    by_steps = {steps: _tier(session, params, target_state, steps) for steps in PGD_STEPS}
     for steps, got in by_steps.items():  # S14.10: the pgd mask at its start and after a step
         for metric in ("ce", "kl"):
             key = f"{metric}/pgd"
@@ -212,20 +200,7 @@ def test_s14_9_to_s14_12_match_a_direct_computation(session: Session) -> None:
 def test_pgd_ascent_raises_the_kl_above_its_start(session: Session) -> None:
     """20 sign-ascent steps (the default) end above where they started (S14.10)."""
     params, target_state = _host(session)
-    batches = _batches(session)
-    start, ascended = (
-        fast_tier(
-            session.cfg.model_copy(
-                update={"eval": session.cfg.eval.model_copy(update={"pgd_steps": steps})}
-            ),
-            session.graphdef,
-            params,
-            session.target_graphdef,
-            target_state,
-            batches,
-        )
-        for steps in (0, 20)
-    )
+    start, ascended = (_tier(session, params, target_state, n) for n in (0, 20))
     assert ascended["eval/kl/pgd"] > 1.5 * start["eval/kl/pgd"], (start, ascended)
     assert ascended["eval/kl/pgd"] > ascended["eval/kl/stochastic"]
 
