@@ -33,6 +33,27 @@ GOLDENS_DIR = REPO_ROOT.parent / "shared" / "goldens"
 FIXTURES = REPO_ROOT / "tests" / "fixtures"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "runs_long(seconds): a module that takes about this long; scheduled first (see below)",
+    )
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first. xdist's --dist loadfile hands out files in collection order, so a
+    long file collected last keeps one worker busy while the other idles; starting with the
+    files marked `runs_long` (largest estimate first) shortens that tail. A scheduling hint
+    only: the estimates are never asserted, and the order inside a file is unchanged."""
+
+    def estimate(item: pytest.Item) -> float:
+        marker = item.module.pytestmark if hasattr(item.module, "pytestmark") else None
+        marks = marker if isinstance(marker, list) else [marker] if marker else []
+        return max((m.kwargs.get("seconds", 0) for m in marks if m.name == "runs_long"), default=0)
+
+    items.sort(key=lambda item: -estimate(item))  # stable: files keep their own order
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The process that made the cache folder removes it (xdist workers did not make one)."""
     if OWN_COMPILE_CACHE:

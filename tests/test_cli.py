@@ -11,6 +11,8 @@ import pytest
 import yaml
 from cli_runner import REPO, cli_command, run_cli
 
+pytestmark = pytest.mark.runs_long(seconds=35)
+
 TINY = REPO / "tests" / "fixtures" / "tms_tiny.yaml"
 _cli = run_cli
 

@@ -13,6 +13,8 @@ import pytest
 from param_decomp.config.loading import load_decompose_config
 from param_decomp.jobs.decompose import run_decompose
 
+pytestmark = pytest.mark.runs_long(seconds=30)
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -23,6 +23,8 @@ from param_decomp.decomposition.sites import SiteError, pattern_matches, resolve
 from param_decomp.jobs.decompose import run_decompose
 from param_decomp.targets.llama import Llama
 
+pytestmark = pytest.mark.runs_long(seconds=60)
+
 REPO = Path(__file__).resolve().parents[2]
 LM_SITES = [
     "embed",

@@ -9,6 +9,8 @@ from param_decomp.config.loading import load_decompose_config
 from param_decomp.eval.figures import permute_to_identity
 from param_decomp.jobs.decompose import run_decompose
 
+pytestmark = pytest.mark.runs_long(seconds=35)
+
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 

@@ -34,6 +34,8 @@ from param_decomp.eval.fast_tier import (
 )
 from param_decomp.jobs.decompose import Session, build_session, to_host
 
+pytestmark = pytest.mark.runs_long(seconds=40)
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 RTOL = 1e-4

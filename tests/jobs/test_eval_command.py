@@ -19,6 +19,8 @@ from param_decomp.eval.token_text import token_strings, visible_html_text
 from param_decomp.jobs.decompose import run_decompose
 from param_decomp.train.checkpoint import restore_json
 
+pytestmark = pytest.mark.runs_long(seconds=40)
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 COMMON = ("ci_histogram", "ci_pre_activation_histogram", "activation_density", "mean_ci")

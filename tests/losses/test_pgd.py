@@ -30,6 +30,8 @@ from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.tms import TMS
 from param_decomp.train.step import objective_loss_and_sources, place_and_jit
 
+pytestmark = pytest.mark.runs_long(seconds=60)
+
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"
 SITES = ("linear1", "linear2")

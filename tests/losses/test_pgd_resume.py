@@ -11,9 +11,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+import pytest
 import yaml
 from cli_runner import REPO
 from cli_runner import run_cli as _cli
+
+pytestmark = pytest.mark.runs_long(seconds=25)
 
 FIXTURES = REPO / "tests" / "fixtures"
 

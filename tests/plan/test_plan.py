@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import jax
+import pytest
 from flax import nnx
 
 from param_decomp.cli import main
@@ -25,6 +26,8 @@ from param_decomp.targets.build import build_lm
 from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import place_and_jit
+
+pytestmark = pytest.mark.runs_long(seconds=45)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 MICRO = FIXTURES / "llama_micro.yaml"

@@ -15,6 +15,8 @@ import yaml
 from test_mesh_invariance import REL, _worst_rel, trajectory
 from trajectory_problem import MESHES, toy_problem
 
+pytestmark = pytest.mark.runs_long(seconds=120)
+
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
 TIMEOUT_S = 240
 

@@ -13,6 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tiny_llama import tiny_llama_problem
 
@@ -29,6 +30,8 @@ from param_decomp.train.step import (
     make_train_step,
     objective_loss,
 )
+
+pytestmark = pytest.mark.runs_long(seconds=30)
 
 SITES = ("layers.0.attn.q", "layers.0.mlp.up", "layers.0.mlp.down")
 

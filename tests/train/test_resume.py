@@ -16,10 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 from cli_runner import REPO, cli_command, run_cli
 
 from param_decomp.train.run_loop import EXIT_PREEMPTED, EXIT_USAGE
+
+pytestmark = pytest.mark.runs_long(seconds=55)
 
 FIXTURES = REPO / "tests" / "fixtures"
 REL = 1e-6

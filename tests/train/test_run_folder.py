@@ -16,6 +16,8 @@ from test_resume import FIXTURES, _assert_equal_trees, _restore_item, _run, _toy
 
 from param_decomp.train.run_loop import EXIT_NONFINITE, EXIT_USAGE
 
+pytestmark = pytest.mark.runs_long(seconds=50)
+
 
 def _truncate_step(step_dir: Path) -> None:
     for f in step_dir.rglob("*"):
