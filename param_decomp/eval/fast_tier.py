@@ -44,6 +44,7 @@ from flax import nnx
 from jaxtyping import Array
 
 from param_decomp.config.schema import DecomposeConfig
+from param_decomp.decomposition.components import masked_product_sum, stochastic_mask
 from param_decomp.decomposition.masked_forward import clean_forward, inner_acts, masked_site_fn
 from param_decomp.decomposition.sites import site_layers
 from param_decomp.decomposition.sources import ReconPlan, draw_plan_sources
@@ -51,6 +52,7 @@ from param_decomp.losses.distances import kl_per_position_mean, mse
 from param_decomp.losses.lm_objectives import cross_entropy
 from param_decomp.losses.lm_terms import next_token_pairs
 from param_decomp.objective import Objective
+from param_decomp.targets.base import site_product
 from param_decomp.targets.token_lm import TokenLM
 
 ROUND_THRESHOLDS = (0.0, 0.1, 0.5)  # the rounded masks: on where ci_lower > t (S14.3)
@@ -128,6 +130,59 @@ def pgd_start(key: Array, site_C: dict[str, int]) -> dict[str, Array]:
     return {s: jax.random.uniform(k, (C,)) for (s, C), k in zip(site_C.items(), keys, strict=True)}
 
 
+# The masks every site can take in one of the fast tier's forwards, by index (see _mask_table)
+_CANDIDATES = (
+    "unmasked",
+    "ci",
+    *(rounded_name(t) for t in ROUND_THRESHOLDS),
+    "stochastic",
+    "random",
+    "zero",
+    "pgd",
+)
+# the delta channel a forward uses, by index: none, or the sources drawn for one of the masks
+_DELTAS = ("none", "stochastic", "random", "zero")
+
+
+@dataclass(frozen=True)
+class _Forward:
+    """One masked forward of the fast tier: which sites are live, the mask they take and the
+    delta channel they use; every other site runs x @ W."""
+
+    live: tuple[str, ...]
+    mask: str  # one of _CANDIDATES
+    delta: str  # one of _DELTAS
+
+
+def _forwards(spec: FastTierSpec, sites: tuple[str, ...]) -> dict[str, list]:
+    """Every masked forward of one eval batch, grouped as the result reports them."""
+    configured = ("stochastic", "random", "zero")
+    masks = [
+        _Forward(sites, name, name if spec.delta and name in configured else "none")
+        for name in MASKS
+    ]
+    carry = rounded_name(CARRY_THRESHOLD)
+    per_layer = [
+        (_Forward(members, carry, "none"), _Forward(members, "zero", "none"))
+        for _, members in spec.layers
+    ]
+    delta = "stochastic" if spec.delta else "none"
+    per_subset = [
+        _Forward(tuple(s for i in subset for s in spec.layers[i][1]), "stochastic", delta)
+        for subset in spec.subsets
+    ]
+    return {"masks": masks, "per_layer": per_layer, "per_subset": per_subset}
+
+
+def _tables(forwards: list[_Forward], sites: tuple[str, ...]) -> tuple[Array, Array, Array]:
+    """The forwards as index tables a scan can read: live (K, S) bool, mask index (K, S) and
+    delta index (K,)."""
+    live = np.array([[s in f.live for s in sites] for f in forwards], bool)
+    mask = np.array([[_CANDIDATES.index(f.mask)] * len(sites) for f in forwards], np.int32)
+    delta = np.array([_DELTAS.index(f.delta) for f in forwards], np.int32)
+    return jnp.asarray(live), jnp.asarray(mask), jnp.asarray(delta)
+
+
 @partial(jax.jit, static_argnames=("graphdef", "target_graphdef", "spec"))
 def _batch_stats(
     graphdef: nnx.GraphDef,
@@ -140,6 +195,12 @@ def _batch_stats(
 ) -> dict[str, Any]:
     """One eval batch: each mask's batch-mean distances (all sites, each layer alone, each layer
     subset), the per-site CI-L0 sums over positions, CI sums per component and alive flags.
+
+    All masked forwards (9 masks, 2 per layer, one per layer subset) run as ONE scanned body
+    that reads its live sites, mask and delta channel from index tables: a site that is not
+    live takes x @ W exactly (a zero component coefficient and a unit weight on x W, as for
+    positions not routed to a site, S2.3). Unrolled, a 3-layer LM's 22 forwards took minutes to
+    compile; scanned, the program holds the target's forward twice (scan body and PGD).
     Module-level jit with the structure static, so every evaluation of a run (and the
     end-of-run one) reuses one compiled program per batch shape."""
     model = nnx.merge(graphdef, params)
@@ -155,15 +216,11 @@ def _batch_stats(
     stoch = draw_plan_sources(plan, k_stoch, batch_shape, sites, model.site_C)[0][0]
     rand = draw_plan_sources(plan, k_rand, batch_shape, sites, model.site_C)[0][0]
     zero = draw_plan_sources(plan, k_zero, batch_shape, sites, model.site_C)[0][0]
-    zeros = {s: jnp.zeros_like(ci[s]) for s in sites}
-    ones = {s: jnp.ones_like(ci[s]) for s in sites}
     no_delta: dict[str, Any] = {"delta_source": {}, "routed": None}
-    exact = {**no_delta, "mask_source": zeros}  # mask = base + (1 - base) * 0 = base exactly
     lm = isinstance(target, TokenLM)
 
-    def distances(live: tuple[str, ...], base: dict, forward: dict, use_delta: bool) -> dict:
-        """CE and KL (LM) or MSE (toy) of the forward with `live` sites masked."""
-        masked = target(x, masked_site_fn(live, VU, base, forward, use_delta, record, acts))
+    def distances(masked: Array) -> dict[str, Array]:
+        """CE and KL (LM) or MSE (toy) of a masked output against the clean one."""
         if lm:
             return {
                 "ce": cross_entropy(*next_token_pairs(masked, x)),
@@ -173,7 +230,8 @@ def _batch_stats(
 
     def adversary_loss(sources: dict[str, Array]) -> Array:
         forward = {**no_delta, "mask_source": sources}
-        return distances(sites, ci, forward, False)["kl" if lm else "mse"]
+        masked = target(x, masked_site_fn(sites, VU, ci, forward, False, record, acts))
+        return distances(masked)["kl" if lm else "mse"]
 
     def ascend(_: int, sources: dict[str, Array]) -> dict[str, Array]:
         grads = jax.grad(adversary_loss)(sources)
@@ -184,37 +242,72 @@ def _batch_stats(
 
     pgd = jax.lax.fori_loop(0, spec.pgd_steps, ascend, pgd_start(k_pgd, model.site_C))
     pgd = jax.tree.map(jax.lax.stop_gradient, pgd)
-    masks: dict[str, tuple[dict[str, Array], dict[str, Any], bool]] = {
-        "unmasked": (ones, exact, False),
-        "ci": (ci, exact, False),
-        **{
-            rounded_name(t): ({s: (ci[s] > t).astype(ci[s].dtype) for s in sites}, exact, False)
-            for t in ROUND_THRESHOLDS
-        },
-        "stochastic": (ci, stoch, spec.delta),
-        "random": (zeros, rand, spec.delta),
-        "zero": (zeros, {**zero, "mask_source": zeros}, spec.delta),
-        "pgd": (ci, {**no_delta, "mask_source": pgd}, False),
+    candidates = {  # per site, every mask of _CANDIDATES stacked in that order
+        s: jnp.stack(
+            [
+                jnp.ones_like(ci[s]),
+                ci[s],
+                *((ci[s] > t).astype(ci[s].dtype) for t in ROUND_THRESHOLDS),
+                stochastic_mask(ci[s], stoch["mask_source"][s]),
+                rand["mask_source"][s],
+                jnp.zeros_like(ci[s]),
+                stochastic_mask(ci[s], pgd[s]),
+            ]
+        )
+        for s in sites
     }
+    no_delta_source = jnp.zeros(batch_shape, ci[sites[0]].dtype)
+    deltas = {  # per site, every delta channel of _DELTAS stacked in that order
+        s: jnp.stack(
+            [no_delta_source]
+            + [d["delta_source"][s] if spec.delta else no_delta_source for d in (stoch, rand, zero)]
+        )
+        for s in sites
+    }
+    groups = _forwards(spec, sites)
+    flat = [
+        *groups["masks"],
+        *(f for pair in groups["per_layer"] for f in pair),
+        *groups["per_subset"],
+    ]
+    live_table, mask_table, delta_table = _tables(flat, sites)
+
+    def one_forward(row: tuple[Array, Array, Array]) -> dict[str, Array]:
+        live, mask_index, delta_index = row
+        index = {s: i for i, s in enumerate(sites)}
+
+        def site_fn(name: str, h: Array, W: Array) -> Array:
+            if name not in index:
+                return site_product(h, W)
+            i = index[name]
+            V, U = VU[name]
+            routed = jnp.broadcast_to(live[i], batch_shape)
+            return masked_product_sum(
+                site_product(h, V),
+                U,
+                candidates[name][mask_index[i]],
+                site_product(h, W),
+                deltas[name][delta_index],
+                routed,
+            )
+
+        return distances(target(x, site_fn))
+
+    values = jax.lax.map(one_forward, (live_table, mask_table, delta_table))
+    at = iter(range(len(flat)))
+
+    def take() -> dict[str, Array]:
+        k = next(at)
+        return {metric: v[k] for metric, v in values.items()}
+
     out: dict[str, Any] = {}
     if lm:
         out["ce/target"] = cross_entropy(*next_token_pairs(clean, x))
-    for name, (base, forward, use_delta) in masks.items():
-        for metric, value in distances(sites, base, forward, use_delta).items():
+    for name in MASKS:
+        for metric, value in take().items():
             out[f"{metric}/{name}"] = value
-    # S14.11: one layer's sites rounded at CARRY_THRESHOLD, or zero-ablated; the rest exact
-    carry_rounded = {s: (ci[s] > CARRY_THRESHOLD).astype(ci[s].dtype) for s in sites}
-    per_layer: dict[str, Any] = {}
-    for layer, members in spec.layers:
-        per_layer[layer] = {
-            "rounded": distances(members, carry_rounded, exact, False),
-            "zero": distances(members, zeros, exact, False),
-        }
-    # S14.12: the stochastic mask on a subset of the layers, the rest exact
-    per_subset = [
-        distances(tuple(s for i in subset for s in spec.layers[i][1]), ci, stoch, spec.delta)
-        for subset in spec.subsets
-    ]
+    per_layer = {layer: {"rounded": take(), "zero": take()} for layer, _ in spec.layers}
+    per_subset = [take() for _ in spec.subsets]
     above = {s: ci[s] > spec.threshold for s in sites}
     l0_sum = {s: jnp.sum(above[s].astype(jnp.float32)) for s in sites}
     l0_any_sum = {s: jnp.sum((ci[s] > 0).astype(jnp.float32)) for s in sites}
