@@ -8,6 +8,10 @@ Sections (pick with `--only NAME`, repeatable or comma separated):
   memory_by_tensor_size  per-device bytes of V/U + optimizer state on a {data: -1, tensor: t}
                          mesh of 4 simulated CPU devices, t in 1, 2, 4 (runs in a subprocess,
                          because the device count is fixed when jax is first imported)
+  harvest_shakespeare    `param-decomp harvest` tokens/s on the Shakespeare CPU decomposition's
+                         shapes (configs/shakespeare_cpu.yaml: 3 layers, d_model 128, SP1024,
+                         2432 components), target and decomposition freshly initialised,
+                         tokens from the shakespeare corpus through the pipeline
   plan_8b                `param-decomp plan` of the 8B-shaped configs on 8 and 64 simulated
                          devices, several layouts and memory levers (bench/plan_layouts.py;
                          a child per layout, minutes each; reports in bench/results/plan/)
@@ -58,7 +62,10 @@ MEMORY_TENSOR_SIZES = (1, 2, 4)
 MEMORY_BATCH = 256
 MEMORY_STEPS = 2
 PLAN_BENCH = "plan_8b"
-ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH, PLAN_BENCH)
+HARVEST_BENCH = "harvest_shakespeare"
+HARVEST_CONFIG = "configs/shakespeare_cpu.yaml"
+HARVEST_TOKENS = 131_072  # 128 batches of 8 windows of 128 tokens
+ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH, HARVEST_BENCH, PLAN_BENCH)
 
 MATMUL_SHAPE = (2048, 1000, 1000)  # (m, k, n): a (m, k) @ (k, n) fp32 matmul
 
@@ -628,6 +635,58 @@ def bench_memory() -> dict[str, Any]:
 # ----------------------------------------------------------------------------- output
 
 
+def bench_harvest(tokens: int = HARVEST_TOKENS) -> dict[str, Any]:
+    """Harvest tokens/s with the default settings (top-k 20, context 16, reservoir 20) on the
+    Shakespeare CPU decomposition's shapes. Target and decomposition are freshly initialised:
+    pretraining and decomposing it take tens of minutes here, and the harvest's work (the clean
+    pass, the CI function, the statistics) does not depend on the weights' values, except how
+    many tokens fire. `tokens_per_s` leaves out the first batch (the compilation)."""
+    import tempfile
+
+    from param_decomp.config.loading import load_decompose_config
+    from param_decomp.config.pretrain_schema import load_pretrain_config
+    from param_decomp.harvest.settings import HarvestSettings
+    from param_decomp.jobs.decompose import new_decomposition
+    from param_decomp.jobs.harvest import OpenRun, harvest
+    from param_decomp.targets.build import build_lm
+
+    cfg = load_decompose_config(HARVEST_CONFIG)
+    target_cfg = load_pretrain_config(cfg.target)
+    target = build_lm(target_cfg.model, cfg.seed)
+    graphdef, params = nnx.split(new_decomposition(cfg, target))
+    with tempfile.TemporaryDirectory() as tmp:
+        run = OpenRun(Path(tmp), RUNS_DIR, 0, cfg, target_cfg, target, graphdef, params)
+        result = harvest(run, HarvestSettings(tokens=tokens), show_progress=False)
+    settings = result.settings
+    per_batch = settings["batch_size"] * settings["seq_len"]
+    steady = result.seconds - result.first_batch_seconds
+    n_components = sum(s["C"] for s in result.summary["sites"].values())
+    return {
+        **_common_fields(HARVEST_BENCH),
+        "config": HARVEST_CONFIG,
+        "weights": "freshly initialised target and decomposition",
+        "tokens": result.summary["tokens"],
+        "batch": settings["batch_size"],
+        "seq_len": settings["seq_len"],
+        "components": n_components,
+        "vocab": int(target_cfg.model.vocab_size),
+        "top_k": settings["top_k"],
+        "context": settings["context"],
+        "reservoir": settings["reservoir"],
+        "first_batch_s": result.first_batch_seconds,
+        "pass_s": result.seconds,
+        "tokens_per_s": (result.batches - 1) * per_batch / steady,
+    }
+
+
+def print_harvest_line(result: dict[str, Any]) -> None:
+    print(
+        f"{HARVEST_BENCH}: {result['tokens_per_s']:.0f} tokens/s ({result['tokens']} tokens, "
+        f"{result['components']} components, batch {result['batch']} x {result['seq_len']}; "
+        f"first batch with compilation {result['first_batch_s']:.1f} s)"
+    )
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -725,12 +784,17 @@ def main(argv: list[str] | None = None) -> int:
     memory = bench_memory() if MEMORY_BENCH in names else None
     if memory is not None:
         print(f"wrote {(RESULTS_DIR / f'{MEMORY_BENCH}.json').relative_to(REPO)}")
+    harvest = bench_harvest() if HARVEST_BENCH in names else None
+    if harvest is not None:
+        print(f"wrote {_write(harvest, out_dir)}")
     print()
     if results:
         print_speed_table(results)
         print()
     if memory is not None:
         print_memory_table(memory)
+    if harvest is not None:
+        print_harvest_line(harvest)
     if PLAN_BENCH in names:
         # the 8B-shaped plans (bench/plan_layouts.py): a child process per layout, minutes each
         sys.path.insert(0, str(REPO / "bench"))

@@ -1,5 +1,5 @@
-"""`param-decomp` command line: train-target, pretrain, study, decompose, eval, plan,
-check-goldens.
+"""`param-decomp` command line: train-target, pretrain, study, reproduce, decompose, eval, export,
+harvest, plan, check-goldens, browse.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -43,6 +43,34 @@ def _init_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
 
 
+def _add_harvest_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "harvest",
+        help="one pass of a decomposition checkpoint over N tokens of its corpus: per component "
+        "firing, top contexts, samples, input/output tokens, co-activation (parquet tables)",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="an LM decomposition run folder")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--tokens", type=int, default=1_000_000, help="tokens to read (whole batches)")
+    p.add_argument("--split", choices=("train", "val"), default="train", help="corpus split")
+    p.add_argument("--top-k", type=int, default=20, help="top contexts per component")
+    p.add_argument("--context", type=int, default=16, help="context: +-this many tokens")
+    p.add_argument("--reservoir", type=int, default=20, help="sampled contexts per component")
+    p.add_argument("--coact-top", type=int, default=20, help="co-active partners per component")
+    p.add_argument(
+        "--top-tokens", type=int, default=20, help="input/output tokens kept per component"
+    )
+    p.add_argument("--batch-size", type=int, help="windows per batch (default: the run's)")
+    p.add_argument("--seed", type=int, help="window order and reservoir seed (default: the run's)")
+    p.add_argument("--save-every", type=int, default=200, help="batches between progress saves")
+    p.add_argument("--resume", action="store_true", help="continue a stopped harvest")
+    p.add_argument(
+        "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _add_distributed_args(p)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="param-decomp", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -74,6 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="one line per run, not per log step")
 
     p = sub.add_parser(
+        "reproduce",
+        help="the SPD paper's toy experiments: run those not done, write docs/paper_toys.md",
+    )
+    from param_decomp.study.reproduce_command import add_reproduce_args
+
+    add_reproduce_args(p)
+
+    p = sub.add_parser(
         "decompose", help="decompose a target's weights (trains the target if missing)"
     )
     p.add_argument("config", help="decomposition YAML, e.g. configs/tms_5-2.yaml")
@@ -99,6 +135,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser(
+        "export",
+        help="write a pretrained LM target (Llama, GPT-2) as a Hugging Face folder: config.json, "
+        "model.safetensors, tokenizer.json",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a pretrain run folder (runs/targets/NAME)")
+    p.add_argument("out", metavar="OUT", help="the Hugging Face folder to write")
+    p.add_argument("--step", type=int, help="checkpoint step (default: the run's last)")
+    p.add_argument(
+        "--runs-dir", help="runs folder holding the cached tokenizer (default: RUN_DIR/../..)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+
+    _add_harvest_parser(sub)
+
+    p = sub.add_parser(
         "plan",
         help="compile a config's train step from shapes on N simulated devices: bytes per "
         "device, FLOPs, collectives, and whether it fits a budget (exit 1 if not)",
@@ -111,6 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
         "check-goldens", help="evaluate every golden case in DIR with this project's code"
     )
     p.add_argument("dir", help="folder of golden *.json files (e.g. ../shared/goldens)")
+
+    p = sub.add_parser(
+        "browse",
+        help="write a static, offline component browser (HTML) from RUN_DIR/harvest/step_N",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run folder holding harvest/step_N/")
+    p.add_argument("--out", help="output folder (default: RUN_DIR/browse)")
+    p.add_argument("--step", type=int, help="harvested step to show (default: the newest)")
     return parser
 
 
@@ -137,6 +196,10 @@ def _run(args: argparse.Namespace) -> int:
         check_logging_available(cfg.logging, args.config)
         pretrain(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
+    if args.command == "reproduce":
+        from param_decomp.study.reproduce_command import run_reproduce_command
+
+        return run_reproduce_command(args)
     if args.command == "study":
         from param_decomp.study.grid import run_grid
         from param_decomp.study.render import render
@@ -168,6 +231,34 @@ def _run(args: argparse.Namespace) -> int:
         evaluation = evaluate_run(Path(args.run_dir), args.step, runs_dir)
         print(report(evaluation, Path(args.run_dir)))
         return 0
+    if args.command == "export":
+        from param_decomp.jobs.export import export_run
+
+        out = export_run(
+            Path(args.run_dir), Path(args.out), args.step, args.runs_dir, args.overwrite
+        )
+        print(f"export: wrote {out} (config.json, model.safetensors, tokenizer.json)")
+        return 0
+    if args.command == "harvest":
+        _init_distributed(args)
+        from param_decomp.harvest.settings import HarvestSettings
+        from param_decomp.jobs.harvest import report, run_harvest
+
+        keys = ("tokens", "split", "top_k", "context", "reservoir", "coact_top", "top_tokens")
+        settings = HarvestSettings(
+            **{k: getattr(args, k) for k in keys}, batch_size=args.batch_size, seed=args.seed
+        )
+        result = run_harvest(
+            Path(args.run_dir),
+            settings,
+            args.step,
+            args.resume,
+            Path(args.runs_dir) if args.runs_dir else None,
+            save_every=args.save_every,
+            show_progress=not args.no_progress,
+        )
+        print(report(result))
+        return 0
     if args.command == "plan":
         from param_decomp.plan.command import run_plan
 
@@ -177,6 +268,21 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.goldens.runner import check_goldens_dir
 
         return check_goldens_dir(Path(args.dir))
+    if args.command == "browse":
+        from param_decomp.browse.site import write_site
+        from param_decomp.browse.tables import BrowseError
+
+        try:
+            out = Path(args.out) if args.out else None
+            site = write_site(Path(args.run_dir), out, args.step)
+        except BrowseError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        print(
+            f"browse: {site.component_pages} component pages from {site.harvest} in "
+            f"{site.seconds:.1f} s; open {site.index.resolve().as_uri()}"
+        )
+        return 0
     raise AssertionError(args.command)
 
 
@@ -185,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     (README: Reliability), never a traceback."""
     from param_decomp.config.errors import ConfigError
     from param_decomp.data.tokenizers import DataError
-    from param_decomp.targets.hf.errors import HFCheckpointError
+    from param_decomp.targets.hf.errors import HFCheckpointError, HFExportError
     from param_decomp.train.checkpoint import CheckpointError
     from param_decomp.train.run_dir import RunDirError
     from param_decomp.train.run_loop import (
@@ -205,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:  # bad corpus or tokenizer file: name it, no traceback
         print(f"data error: {err}", file=sys.stderr)
         return EXIT_USAGE
-    except (RunDirError, CheckpointError, HFCheckpointError) as err:
+    except (RunDirError, CheckpointError, HFCheckpointError, HFExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except NonFiniteLossError as err:

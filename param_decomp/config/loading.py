@@ -23,7 +23,15 @@ import yaml
 from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
-from param_decomp.config.schema import DecomposeConfig, HFTarget, Mesh, TargetConfig
+from param_decomp.config.schema import (
+    DecomposeConfig,
+    HFTarget,
+    HFTokenizerSpec,
+    Mesh,
+    SparseFeatureData,
+    TargetConfig,
+    TextData,
+)
 
 # Limits on what a config file may hold; real configs are a few KB, four levels deep.
 MAX_FILE_BYTES = 4 * 1024 * 1024
@@ -319,6 +327,17 @@ def _hf_folder_problems(hf: str, config_path: Path) -> tuple[Path | None, list[t
     return resolved, []
 
 
+def with_folder_tokenizer(data: TextData | None, folder: Path) -> TextData | None:
+    """S17.1: an hf target's folder that holds a tokenizer.json tokenizes its text, unless the
+    `data:` block names a tokenizer itself."""
+    if (data is not None and "tokenizer" in data.model_fields_set) or not (
+        folder / "tokenizer.json"
+    ).is_file():
+        return data
+    spec = HFTokenizerSpec(kind="hf", path=str(folder))
+    return (data or TextData()).model_copy(update={"tokenizer": spec})
+
+
 def _validate_terms(adapter: Any, raw_losses: list) -> tuple[list[Any], list[tuple[str, str]]]:
     """(terms, problems) of the `losses:` list. A term validator that fails with an arithmetic
     error (float() of a 400-digit int) is pinned to its entry by validating each one alone."""
@@ -398,8 +417,10 @@ def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
     if problems or cfg is None:
         raise ConfigError(path, problems or [("", "invalid config")])
     if isinstance(cfg.target, HFTarget):
+        assert hf_folder is not None and not isinstance(cfg.data, SparseFeatureData)
         hf_target = cfg.target.model_copy(update={"hf": str(hf_folder)})
-        return cfg.model_copy(update={"losses": terms, "target": hf_target})
+        data = with_folder_tokenizer(cfg.data, hf_folder)
+        return cfg.model_copy(update={"losses": terms, "target": hf_target, "data": data})
     return cfg.model_copy(update={"losses": terms, "target": str(resolved)})
 
 

@@ -24,6 +24,7 @@ from param_decomp.config.loading import (
 from param_decomp.config.schema import (
     Checkpointing,
     ComputeDtype,
+    HFTokenizerSpec,
     LMModel,
     Logging,
     Mesh,
@@ -38,6 +39,7 @@ from param_decomp.config.schema import (
 # Upward, by design (README: Imports): data/ owns the corpus catalogue and the tokenizers; the
 # config layer reads them to refuse a bad corpus name or a vocabulary mismatch at load time.
 from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
+from param_decomp.data.hf_tokenizer import HFTokenizer
 from param_decomp.data.tokenizers import TOKENIZER_VOCAB, DataError, SentencePieceTokenizer
 
 # Validation context key: the loader runs the cross-block checks itself so each problem is
@@ -113,13 +115,23 @@ class PretrainConfig(StrictModel):
         return self
 
 
-def tokenizer_vocab(tokenizer: str | SentencePieceSpec) -> int:
-    """Vocabulary size the tokenizer spec produces (loads a given .model file to read it)."""
+def tokenizer_vocab(tokenizer: str | SentencePieceSpec | HFTokenizerSpec) -> int:
+    """Vocabulary size the tokenizer spec produces (loads a given .model or tokenizer.json
+    file to read it)."""
     if isinstance(tokenizer, str):
         return TOKENIZER_VOCAB[tokenizer]
+    if isinstance(tokenizer, HFTokenizerSpec):
+        return HFTokenizer.from_path(tokenizer.path).vocab_size
     if tokenizer.vocab_size is not None:
         return tokenizer.vocab_size
     return SentencePieceTokenizer.from_file(tokenizer.model).vocab_size
+
+
+def tokenizer_file_key(tokenizer: str | SentencePieceSpec | HFTokenizerSpec) -> str:
+    """The dotted key naming the tokenizer's file, for error messages."""
+    return (
+        "data.tokenizer.path" if isinstance(tokenizer, HFTokenizerSpec) else "data.tokenizer.model"
+    )
 
 
 def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
@@ -128,15 +140,37 @@ def cross_block_problems(cfg: PretrainConfig) -> list[tuple[str, str]]:
     try:
         vocab = tokenizer_vocab(tok)
     except DataError as err:
-        return [("data.tokenizer.model", err.message + f" ({err.path})")]
+        return [(tokenizer_file_key(tok), err.message + f" ({err.path})")]
     except PATH_CHECK_ERRORS as err:  # e.g. a name too long, a folder we may not enter
-        model = tok.model if isinstance(tok, SentencePieceSpec) else str(tok)
-        return [("data.tokenizer.model", path_check_problem(str(model), err))]
+        given = tok.path if isinstance(tok, HFTokenizerSpec) else getattr(tok, "model", tok)
+        return [(tokenizer_file_key(tok), path_check_problem(str(given), err))]
     if cfg.model.vocab_size != vocab:
-        name = tok if isinstance(tok, str) else f"sentencepiece {tok.model or tok.vocab_size}"
+        if isinstance(tok, str):
+            name = tok
+        elif isinstance(tok, HFTokenizerSpec):
+            name = f"hf {tok.path}"
+        else:
+            name = f"sentencepiece {tok.model or tok.vocab_size}"
         msg = f"is {cfg.model.vocab_size}, but tokenizer {name!r} has {vocab} tokens"
         return [("model.vocab_size", msg)]
     return []
+
+
+def pretrain_schema_from_data(data: dict, path: str | Path) -> PretrainConfig:
+    """`data` checked against the schema alone (a ConfigError naming `path` and the key), not
+    against the files it names: a finished run's saved config is read this way (`export`), its
+    corpus or tokenizer file may have moved since. A saved config holds every default, so the
+    objective's keys that hold their defaults are dropped first (its kind-specific keys are
+    refused under another kind)."""
+    objective = data.get("objective")
+    if isinstance(objective, dict):
+        defaults = Objective().model_dump()
+        kept = {k: v for k, v in objective.items() if k == "kind" or v != defaults.get(k, object())}
+        data = {**data, "objective": kept}
+    try:
+        return PretrainConfig.model_validate(data, context={_DEFER_CROSS_CHECKS: True})
+    except pydantic.ValidationError as err:
+        raise ConfigError(path, format_validation_error(err, PretrainConfig, data=data)) from None
 
 
 @config_boundary

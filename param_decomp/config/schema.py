@@ -115,11 +115,43 @@ class SentencePieceSpec(StrictModel):
         return self
 
 
+class HFTokenizerSpec(StrictModel):
+    """A Hugging Face `tokenizer.json` (BPE or Unigram), read with the `tokenizers` library:
+    `path` is the folder holding it (its tokenizer_config.json names the end-of-document
+    eos_token) or the file itself."""
+
+    kind: Literal["hf"]
+    path: str = Field(min_length=1, description="folder holding tokenizer.json, or the file")
+
+
+def _tokenizer_kind(value: Any) -> str:
+    """`data.tokenizer:` is the name `byte` or a block chosen by its `kind` (a block with no
+    known kind is read as sentencepiece's, whose error then names the `kind` it expects)."""
+    if isinstance(value, SentencePieceSpec | HFTokenizerSpec):
+        return value.kind
+    if isinstance(value, dict):
+        kind = value.get("kind")
+        return (
+            kind if isinstance(kind, str) and kind in ("sentencepiece", "hf") else "sentencepiece"
+        )
+    return "byte"
+
+
+TokenizerChoice = Annotated[
+    Annotated[Literal["byte"], Tag("byte")]
+    | Annotated[SentencePieceSpec, Tag("sentencepiece")]
+    | Annotated[HFTokenizerSpec, Tag("hf")],
+    Discriminator(_tokenizer_kind),
+]
+
+
 class TextData(StrictModel):
     """Where the text comes from and how it is cut into training windows."""
 
     corpus: str = Field(default=str(DEFAULT_CORPUS), min_length=1)
-    tokenizer: Literal["byte"] | SentencePieceSpec = "byte"
+    tokenizer: TokenizerChoice = Field(
+        default="byte", description="byte, or a {kind: sentencepiece | hf, ...} block"
+    )
     seq_len: PositiveInt | None = Field(
         default=None,
         description="training context; omitted means model.seq_len (an hf target: HF_WINDOW)",
@@ -201,6 +233,9 @@ class TMSModel(StrictModel):
     n_hidden_layers: Annotated[int, Field(ge=0)] = 0
     tied_weights: bool = True
     init_bias_to_zero: bool = False
+    # the hidden layers are fixed identities, never trained (still sites): the SPD paper's
+    # "TMS with identity" (S18.1)
+    fixed_identity_hidden_layers: bool = False
 
 
 class ResidMLPModel(StrictModel):

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from jaxtyping import Int
 
-from param_decomp.config.pretrain_schema import SentencePieceSpec, TextData
+from param_decomp.config.pretrain_schema import HFTokenizerSpec, SentencePieceSpec, TextData
 from param_decomp.data.corpora import (
     Document,
     Split,
@@ -31,6 +31,7 @@ from param_decomp.data.corpora import (
     iter_split,
     split_guard,
 )
+from param_decomp.data.hf_tokenizer import HFTokenizer
 from param_decomp.data.tokenizers import (
     ByteTokenizer,
     DataError,
@@ -119,10 +120,12 @@ def _streamed(data: TextData, make: Callable[[], Callable[[Split, Document], Non
 
 
 def build_tokenizer(data: TextData, cache_root: Path = CACHE_ROOT) -> Tokenizer:
-    """The configured tokenizer; a trained sentencepiece model learns from the train split
-    only (its documents joined by blank lines, in corpus order), cached by a hash of that
-    text and the settings."""
+    """The configured tokenizer (bytes, a sentencepiece model or a tokenizer.json); a trained
+    sentencepiece model learns from the train split only (its documents joined by blank
+    lines, in corpus order), cached by a hash of that text and the settings."""
     spec = data.tokenizer
+    if isinstance(spec, HFTokenizerSpec):
+        return HFTokenizer.from_path(spec.path)
     if not isinstance(spec, SentencePieceSpec):
         return ByteTokenizer()
     if spec.model is not None:
@@ -142,6 +145,8 @@ def build_tokenizer(data: TextData, cache_root: Path = CACHE_ROOT) -> Tokenizer:
 def _tokenizer_id(tokenizer: Tokenizer) -> str:
     if isinstance(tokenizer, SentencePieceTokenizer):
         return f"sentencepiece:{tokenizer.sha256()}"
+    if isinstance(tokenizer, HFTokenizer):
+        return f"hf:{tokenizer.sha256()}"
     return "byte"
 
 

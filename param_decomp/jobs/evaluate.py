@@ -73,7 +73,7 @@ def saved_config(run_dir: Path, step: int) -> DecomposeConfig:
     return decompose_config_from_data(restore_json(run_dir / "checkpoints", step, "config"), source)
 
 
-def _require_trained_target(cfg: DecomposeConfig, runs_dir: Path) -> None:
+def require_trained_target(cfg: DecomposeConfig, runs_dir: Path) -> None:
     """Evaluation must never start a (pre)training run: the target has to be cached (an hf
     folder is read as it is)."""
     if isinstance(cfg.target, HFTarget):
@@ -98,7 +98,7 @@ def evaluate_run(
     step = checkpoint_step(run_dir, step)
     cfg = saved_config(run_dir, step)
     runs_dir = run_dir.parent if runs_dir is None else Path(runs_dir)
-    _require_trained_target(cfg, runs_dir)
+    require_trained_target(cfg, runs_dir)
     config_source = str(run_dir / "checkpoints" / str(step) / "config")
     target_cfg, target = load_target(cfg, config_source, runs_dir)
     graphdef, fresh = nnx.split(new_decomposition(cfg, target))

@@ -153,6 +153,8 @@ def tokenizer_group(cfg: PretrainConfig) -> str:
     tok = cfg.data.tokenizer
     if isinstance(tok, str):
         return f"{tok} tokenizer, vocab {cfg.model.vocab_size}"
+    if tok.kind == "hf":
+        return f"hf tokenizer {Path(tok.path).name}, vocab {cfg.model.vocab_size}"
     kind = tok.model_type if tok.model is None else Path(tok.model).name
     return f"sentencepiece {kind}, vocab {cfg.model.vocab_size}"
 

@@ -11,9 +11,14 @@ from param_decomp.config.schema import TMSModel
 from param_decomp.targets.base import SiteFn, dense_site
 
 
+class FixedIdentity(nnx.Variable):
+    """A hidden layer fixed at the identity (`fixed_identity_hidden_layers`, S18.1): not an
+    nnx.Param, so the target's training leaves it as it is; still a site to decompose."""
+
+
 class TMS(nnx.Module):
     """out = ReLU(hidden(x @ W1) @ W2 + b); W2 = W1^T when tied. Sites: linear1, linear2, and
-    hidden_layers.i for the optional square hidden layers."""
+    hidden_layers.i for the optional square hidden layers (trained, or fixed identities)."""
 
     def __init__(self, cfg: TMSModel, *, rngs: nnx.Rngs):
         self.n_features = cfg.n_features
@@ -24,7 +29,9 @@ class TMS(nnx.Module):
         )
         self.hidden = nnx.List(
             [
-                nnx.Param(
+                FixedIdentity(jnp.eye(cfg.n_hidden))
+                if cfg.fixed_identity_hidden_layers
+                else nnx.Param(
                     jax.random.normal(rngs.params(), (cfg.n_hidden, cfg.n_hidden))
                     / cfg.n_hidden**0.5
                 )

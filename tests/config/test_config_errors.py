@@ -198,7 +198,9 @@ def test_format_path() -> None:
 
 
 def test_every_repo_config_loads() -> None:
+    from param_decomp.config.loading import read_yaml
     from param_decomp.config.pretrain_schema import PretrainConfig
+    from param_decomp.study.reproduce_schema import load_reproduction
     from param_decomp.study.schema import load_study
 
     files = sorted((REPO_ROOT / "configs").glob("**/*.yaml"))
@@ -210,6 +212,9 @@ def test_every_repo_config_loads() -> None:
         for path in files:
             if path.parent.name == "studies":  # a study config: a grid of pretrain configs
                 assert load_study(path).runs, path
+                continue
+            if "experiments" in read_yaml(path):  # a reproduction: a set of decompositions
+                assert load_reproduction(path).experiments, path
                 continue
             cfg = load_any_config(path)
             assert isinstance(cfg, TargetConfig | DecomposeConfig | PretrainConfig), path

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import pydantic
 
 from param_decomp.config.errors import format_validation_error
+from param_decomp.config.loading import with_folder_tokenizer
 from param_decomp.config.schema import (
     GPT2Model,
     HFTarget,
@@ -257,23 +258,25 @@ def model_config(raw: dict[str, Any], path: Path) -> tuple[Family, LlamaModel | 
 
 
 def hf_target_spec(target: HFTarget, data: TextData | None) -> HFTargetSpec:
-    """The resolved target of `target: {hf: folder}` with the decomposition's `data:` block."""
+    """The resolved target of `target: {hf: folder}` with the decomposition's `data:` block
+    (its tokenizer, when the block names none, the folder's tokenizer.json if it has one)."""
     folder = Path(target.hf)
     family, model = model_config(read_config_json(folder), folder / "config.json")
+    data = with_folder_tokenizer(data, folder)
     return HFTargetSpec(folder, family, model, target.dtype, data or TextData())
 
 
 def data_problems(spec: HFTargetSpec) -> list[tuple[str, str]]:
     """(decomposition config key, message) for a `data:` block the model cannot read: more
     tokenizer ids than embedding rows, or windows longer than the model's positions."""
-    from param_decomp.config.pretrain_schema import tokenizer_vocab
+    from param_decomp.config.pretrain_schema import tokenizer_file_key, tokenizer_vocab
     from param_decomp.data.tokenizers import DataError
 
     problems: list[tuple[str, str]] = []
     try:
         vocab = tokenizer_vocab(spec.data.tokenizer)
     except DataError as err:
-        return [("data.tokenizer.model", f"{err.message} ({err.path})")]
+        return [(tokenizer_file_key(spec.data.tokenizer), f"{err.message} ({err.path})")]
     if vocab > spec.model.vocab_size:
         problems.append(
             (

@@ -1,0 +1,143 @@
+"""`param-decomp reproduce`: the SPD paper's toy experiments run (targets trained when missing,
+finished runs skipped) and scored against the paper's answers into one JSON record per run
+(S18.2, S18.3). The write-up is `study/paper_toys.py`."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from param_decomp.eval.toy_recovery import dense_ci_error, identity_ci_error, site_mmcs
+from param_decomp.study.provenance import commit, machine
+from param_decomp.study.reproduce_schema import PlannedExperiment, Reproduction
+from param_decomp.train.run_dir import has_checkpoints
+
+# the eval losses and fast-tier MSEs a record keeps, when the run has them (S14.4)
+LOSS_KEYS = (
+    "eval/loss/faithfulness",
+    "eval/loss/stochastic_recon",
+    "eval/loss/stochastic_recon_layerwise",
+    "eval/loss/stochastic_recon_subset",
+    "eval/loss/pgd_recon",
+    "eval/loss/importance_minimality",
+)
+MSE_KEYS = ("unmasked", "ci", "rounded_ci>0.1", "stochastic", "pgd")
+
+
+def records_dir(runs_dir: Path) -> Path:
+    return Path(runs_dir) / "reproduce"
+
+
+def record_path(runs_dir: Path, planned: PlannedExperiment) -> Path:
+    return records_dir(runs_dir) / f"{planned.config.run_name}.json"
+
+
+def read_record(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def is_done(planned: PlannedExperiment, runs_dir: Path) -> bool:
+    """Done iff its record exists with the same resolved config hash (S18.2)."""
+    record = read_record(record_path(runs_dir, planned))
+    return record is not None and record.get("config_hash") == planned.config_hash
+
+
+def score_sites(
+    planned: PlannedExperiment, target: Any, result: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    """Per site: C, alive, the expected pattern and its CI error on the single-feature inputs
+    at 0.75 (the figure probe, S18.3), and the mean max cosine with the true features."""
+    spec = planned.spec
+    out: dict[str, dict[str, Any]] = {}
+    for site, alive_flags in result["alive"].items():
+        alive = np.asarray(alive_flags, bool)
+        ci = np.asarray(result["figure_ci"][site])
+        V, U = result["VU"][site]
+        entry: dict[str, Any] = {"C": int(alive.size), "alive": int(alive.sum())}
+        if site in spec.identity_sites:
+            entry |= {"pattern": "identity", "expected": int(target.n_features)}
+            entry["ci_error"] = identity_ci_error(ci)
+        elif site in spec.dense_sites:
+            k = spec.dense_sites[site]
+            entry |= {"pattern": f"dense k={k}", "expected": k, "ci_error": dense_ci_error(ci, k)}
+        entry["mmcs"] = site_mmcs(target, site, np.asarray(V), np.asarray(U), alive)
+        out[site] = entry
+    return out
+
+
+def _same_saved_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    try:
+        return yaml.safe_load((run_dir / "config.yaml").read_text()) == config
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def run_experiment(
+    planned: PlannedExperiment, runs_dir: Path, show_progress: bool = True
+) -> dict[str, Any]:
+    """Train the target if missing, decompose (continuing an interrupted run of the same
+    config, else from scratch), score, and write the record; returns it."""
+    from param_decomp.jobs.decompose import load_target, run_decompose
+
+    cfg, runs_dir = planned.config, Path(runs_dir)
+    started = time.perf_counter()
+    _, target = load_target(cfg, planned.config_path, runs_dir)
+    target_s = time.perf_counter() - started
+    run_dir = runs_dir / cfg.run_name
+    resume = bool(has_checkpoints(run_dir)) and _same_saved_config(
+        run_dir, cfg.model_dump(mode="json")
+    )
+    started = time.perf_counter()
+    result = run_decompose(
+        cfg, planned.config_path, runs_dir, show_progress, resume=resume, overwrite=not resume
+    )
+    wall_s = time.perf_counter() - started
+    fast = result["fast_tier"]
+    record = {
+        "name": planned.spec.name,
+        "run_name": cfg.run_name,
+        "config_path": planned.config_path,
+        "config": cfg.model_dump(mode="json"),
+        "config_hash": planned.config_hash,
+        "steps": cfg.train.steps,
+        "paper_steps": planned.paper_steps,
+        "n_features": int(target.n_features),
+        "sites": score_sites(planned, target, result),
+        "losses": {k: result["losses"][k] for k in LOSS_KEYS if k in result["losses"]},
+        "mse": {m: fast[f"eval/mse/{m}"] for m in MSE_KEYS if f"eval/mse/{m}" in fast},
+        "wall_s": wall_s,
+        "target_s": target_s,
+        "resumed": resume,
+        "figure": str(run_dir / "figures" / "causal_importance.png"),
+        "finished": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "machine": machine(),
+    }
+    path = record_path(runs_dir, planned)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
+    tmp.replace(path)
+    return record
+
+
+def run_all(repro: Reproduction, runs_dir: Path, show_progress: bool = True) -> list[str]:
+    """Run every experiment not done; returns the names run (none on a second invocation)."""
+    ran = []
+    for planned in repro.experiments:
+        if is_done(planned, runs_dir):
+            print(f"reproduce: {planned.config.run_name} is done; skipped")
+            continue
+        print(f"reproduce: running {planned.config.run_name} ({planned.config.train.steps} steps)")
+        run_experiment(planned, runs_dir, show_progress)
+        ran.append(planned.spec.name)
+    return ran
