@@ -25,7 +25,8 @@ and component, shared over the batch, from U[0, 1] by `eval.pgd_steps` sign-asce
 
 Keys: LM targets `eval/ce/target`, `eval/ce/<mask>`, `eval/kl/<mask>` (nats per token,
 KL(target || masked) per position) and `eval/ce_unrecovered/<mask>` (S14.9); toy targets
-`eval/mse/<mask>` against the target output. Both: `eval/carried/<layer>` (S14.11), the worst
+`eval/mse/<mask>` against the target output. Both: `eval/carried/<layer>` (S14.11) and the two
+distances it compares, `eval/{ce|mse}/carry_rounded/<layer>` and `carry_zero/<layer>`; the worst
 layer subset under the stochastic mask (S14.12), `eval/ci_l0/<site>` (CI > threshold),
 `eval/ci_l0_any/<site>` (CI > 0), `eval/ci_l0/mean`, `eval/alive_frac/<site>` and
 `eval/alive_frac/all` (threshold, S14.6), `eval/alive_mean_ci_frac/<site>` (mean CI > 1e-6).
@@ -422,7 +423,9 @@ def fast_tier(
                 means[f"ce/{mask}"], means["ce/target"], means["ce/zero"]
             )
     reference = means["ce/target"] if lm else 0.0  # a toy's target has MSE 0 against itself
-    for layer, _ in spec.layers:  # S14.11
+    for layer, _ in spec.layers:  # S14.11, with the two distances it is the ratio of
+        for mask in ("rounded", "zero"):
+            result[f"eval/{metric}/carry_{mask}/{layer}"] = means[f"layer/{layer}/{mask}/{metric}"]
         result[f"eval/carried/{layer}"] = 1.0 - _gap_fraction(
             means[f"layer/{layer}/rounded/{metric}"],
             reference,

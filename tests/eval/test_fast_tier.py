@@ -105,6 +105,8 @@ def _expected_keys(sites: list[str], lm: bool) -> set[str]:
     names += [f"eval/alive_mean_ci_frac/{s}" for s in sites]
     layers = list(site_layers(sites))
     names += [f"eval/carried/{layer}" for layer in layers]
+    metric = "ce" if lm else "mse"
+    names += [f"eval/{metric}/carry_{m}/{layer}" for layer in layers for m in ("rounded", "zero")]
     names += [f"eval/stochastic_worst_subset/{layer}" for layer in layers]
     names += ["eval/ce/stochastic_worst_subset" if lm else "eval/mse/stochastic_worst_subset"]
     return set(names)

@@ -187,6 +187,9 @@ def test_s14_9_to_s14_12_match_a_direct_computation(session: Session) -> None:
     for layer in want["layers"]:  # S14.11
         expected = 1 - _gap(want[f"{layer}/rounded"], want["ce/target"], want[f"{layer}/zero"])
         np.testing.assert_allclose(got[f"eval/carried/{layer}"], expected, rtol=RTOL, atol=1e-6)
+        for mask in ("rounded", "zero"):
+            key = f"eval/ce/carry_{mask}/{layer}"
+            np.testing.assert_allclose(got[key], want[f"{layer}/{mask}"], rtol=RTOL, err_msg=key)
     subset_ce = [want[f"subset/{j}"] for j in range(len(want["subsets"]))]  # S14.12
     worst = int(np.argmax(subset_ce))
     np.testing.assert_allclose(got["eval/ce/stochastic_worst_subset"], subset_ce[worst], rtol=RTOL)
