@@ -241,7 +241,9 @@ def _batch_stats(
             for s in sites
         }
 
-    pgd = jax.lax.fori_loop(0, spec.pgd_steps, ascend, pgd_start(k_pgd, model.site_C))
+    pgd = pgd_start(k_pgd, model.site_C)
+    if spec.pgd_steps:  # a static count: with 0 the ascent (a backward pass) is not compiled
+        pgd = jax.lax.fori_loop(0, spec.pgd_steps, ascend, pgd)
     pgd = jax.tree.map(jax.lax.stop_gradient, pgd)
     candidates = {  # per site, every mask of _CANDIDATES stacked in that order
         s: jnp.stack(
