@@ -398,7 +398,9 @@ def bench_speed(
     floor = matmul_floor(products)
     ci_s = ci_function_seconds(session, state.params, batch)
     kernels = kernel_count(compiled.as_text())
-    per_kernel = trivial_kernel_seconds((positions, cfg.decomposition.C))
+    # per-site C (site groups) has no global C: time the trivial kernel at the largest one
+    widest = cfg.decomposition.C or max(getattr(s, "C", None) or 0 for s in cfg.decomposition.sites)
+    per_kernel = trivial_kernel_seconds((positions, widest))
     result.update(
         {
             "flops_per_step_analytic_matmul": flops_matmul,
