@@ -131,16 +131,6 @@ def pgd_start(key: Array, site_C: dict[str, int]) -> dict[str, Array]:
     return {s: jax.random.uniform(k, (C,)) for (s, C), k in zip(site_C.items(), keys, strict=True)}
 
 
-# The masks every site can take in one of the fast tier's forwards, by index (see _mask_table)
-_CANDIDATES = (
-    "unmasked",
-    "ci",
-    *(rounded_name(t) for t in ROUND_THRESHOLDS),
-    "stochastic",
-    "random",
-    "zero",
-    "pgd",
-)
 # the delta channel a forward uses, by index: none, or the sources drawn for one of the masks
 _DELTAS = ("none", "stochastic", "random", "zero")
 
@@ -151,7 +141,7 @@ class _Forward:
     delta channel they use; every other site runs x @ W."""
 
     live: tuple[str, ...]
-    mask: str  # one of _CANDIDATES
+    mask: str  # one of MASKS (a site's candidate masks are stacked in that order)
     delta: str  # one of _DELTAS
 
 
@@ -179,7 +169,7 @@ def _tables(forwards: list[_Forward], sites: tuple[str, ...]) -> tuple[Array, Ar
     """The forwards as index tables a scan can read: live (K, S) bool, mask index (K, S) and
     delta index (K,)."""
     live = np.array([[s in f.live for s in sites] for f in forwards], bool)
-    mask = np.array([[_CANDIDATES.index(f.mask)] * len(sites) for f in forwards], np.int32)
+    mask = np.array([[MASKS.index(f.mask)] * len(sites) for f in forwards], np.int32)
     delta = np.array([_DELTAS.index(f.delta) for f in forwards], np.int32)
     return jnp.asarray(live), jnp.asarray(mask), jnp.asarray(delta)
 
@@ -245,7 +235,7 @@ def _batch_stats(
     if spec.pgd_steps:  # a static count: with 0 the ascent (a backward pass) is not compiled
         pgd = jax.lax.fori_loop(0, spec.pgd_steps, ascend, pgd)
     pgd = jax.tree.map(jax.lax.stop_gradient, pgd)
-    candidates = {  # per site, every mask of _CANDIDATES stacked in that order
+    candidates = {  # per site, every mask of MASKS stacked in that order
         s: jnp.stack(
             [
                 jnp.ones_like(ci[s]),

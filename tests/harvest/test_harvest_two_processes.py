@@ -7,25 +7,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
+from processes import free_port, run_together
 from test_harvest_statistics import ATOL, _cli_args, _tables, _worst_error
 
 import param_decomp.harvest as harvest
 
 REPO = Path(__file__).resolve().parents[2]
-TIMEOUT_S = 240
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.runs_long(seconds=25)
@@ -37,31 +29,18 @@ def test_two_processes_harvest_the_tables_of_one(harvest_run: Path, tmp_path: Pa
     args = [*_cli_args(), "--runs-dir", str(harvest_run.parent), "--no-progress", "--save-every=3"]
     out = run_cli("harvest", str(runs["one"]), *args)
     assert out.returncode == 0, out.stderr
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
-    procs = [
-        subprocess.Popen(
+    run_together(
+        [
             [sys.executable, "-m", "param_decomp.cli", "harvest", str(runs["two"]), *args]
-            + [*distributed, "--process-id", str(pid)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for pid in range(2)
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
+            + [*distributed, "--process-id", str(pid)]
+            for pid in range(2)
+        ],
+        cwd=REPO,
+        env=env,
+    )
     one, two = harvest.load(runs["one"]), harvest.load(runs["two"])
     assert two.summary["tokens"] == one.summary["tokens"]
     assert not (two.folder / "progress").exists()  # the progress state went with the finish

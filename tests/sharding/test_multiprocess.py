@@ -3,7 +3,6 @@ reproduce the single-process 4-device trajectory to rel <= 1e-5."""
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from processes import TIMEOUT_S, free_port, run_together
 from test_mesh_invariance import REL, _worst_rel, trajectory
 from trajectory_problem import MESHES, toy_problem
 
 pytestmark = pytest.mark.runs_long(seconds=120)
 
 WORKER = Path(__file__).with_name("multiprocess_worker.py")
-TIMEOUT_S = 240
 
 
 def _as_arrays(tree: object) -> object:
@@ -28,32 +27,6 @@ def _as_arrays(tree: object) -> object:
     return np.asarray(tree, np.float64)
 
 
-def _run_together(commands: list[list[str]], **popen_kwargs: object) -> None:
-    """Start every command at once, wait (with a timeout), kill leftovers, assert all exit 0."""
-    procs = [
-        subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **popen_kwargs
-        )
-        for cmd in commands
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=TIMEOUT_S)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    assert all(p.returncode == 0 for p in procs), "\n---\n".join(logs)[-4000:]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 TWO_PROCESS_MESHES = ["data4", "data2_tensor2"]
 
 
@@ -61,9 +34,9 @@ TWO_PROCESS_MESHES = ["data4", "data2_tensor2"]
 def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Both meshes' trajectories from ONE pair of worker processes (2 x 2 CPU devices)."""
     out = tmp_path_factory.mktemp("two_processes") / "trajectories.json"
-    port = _free_port()
+    port = free_port()
     meshes = ",".join(TWO_PROCESS_MESHES)
-    _run_together(
+    run_together(
         [
             [sys.executable, str(WORKER), str(port), str(pid), "2", str(out), meshes]
             for pid in range(2)
@@ -97,9 +70,9 @@ def test_cli_decompose_runs_as_two_processes(
     config = tmp_path / "tms_tiny.yaml"
     config.write_text(yaml.safe_dump(cfg))
     trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    _run_together(
+    run_together(
         [
             [
                 sys.executable,
@@ -148,7 +121,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(
     config.write_text(yaml.safe_dump(raw))
     trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
     env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-    port = _free_port()
+    port = free_port()
 
     def command(pid: int, *extra: str) -> list[str]:
         return [
