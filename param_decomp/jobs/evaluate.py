@@ -89,11 +89,25 @@ def require_trained_target(cfg: DecomposeConfig, runs_dir: Path) -> None:
         )
 
 
-def evaluate_run(
+@dataclass(frozen=True)
+class RunCheckpoint:
+    """One checkpoint of a decomposition run reopened: its saved config, the runs folder that
+    holds its target, the target, and the decomposition (params as restored, numpy)."""
+
+    step: int
+    cfg: DecomposeConfig
+    runs_dir: Path
+    target_cfg: Any
+    target: nnx.Module
+    graphdef: nnx.GraphDef
+    params: nnx.State
+
+
+def open_checkpoint(
     run_dir: Path, step: int | None = None, runs_dir: Path | None = None
-) -> RunEvaluation:
-    """Evaluate checkpoint `step` (default: the latest) of the run in `run_dir`; the target
-    is looked up in `runs_dir` (default: the run folder's parent, where decompose put it)."""
+) -> RunCheckpoint:
+    """Checkpoint `step` (default: the latest) of the run in `run_dir`, the target looked up in
+    `runs_dir` (default: the run folder's parent, where decompose put it) and never trained."""
     run_dir = Path(run_dir)
     step = checkpoint_step(run_dir, step)
     cfg = saved_config(run_dir, step)
@@ -103,8 +117,20 @@ def evaluate_run(
     target_cfg, target = load_target(cfg, config_source, runs_dir)
     graphdef, fresh = nnx.split(new_decomposition(cfg, target))
     template = jax.tree.map(np.asarray, fresh)
-    restored = restore_item(run_dir / "checkpoints", step, "decomposition", template)
-    params = jax.tree.map(jnp.asarray, restored)
+    params = restore_item(run_dir / "checkpoints", step, "decomposition", template)
+    return RunCheckpoint(step, cfg, runs_dir, target_cfg, target, graphdef, params)
+
+
+def evaluate_run(
+    run_dir: Path, step: int | None = None, runs_dir: Path | None = None
+) -> RunEvaluation:
+    """Evaluate checkpoint `step` (default: the latest) of the run in `run_dir` (see
+    `open_checkpoint`)."""
+    run_dir = Path(run_dir)
+    opened = open_checkpoint(run_dir, step, runs_dir)
+    step, cfg, runs_dir = opened.step, opened.cfg, opened.runs_dir
+    target_cfg, target, graphdef = opened.target_cfg, opened.target, opened.graphdef
+    params = jax.tree.map(jnp.asarray, opened.params)
     target_graphdef, target_state = nnx.split(target)
     target_state = jax.tree.map(jnp.asarray, target_state)
     source = make_source(cfg, target_cfg, target, None, runs_dir)

@@ -41,13 +41,11 @@ from param_decomp.harvest.accumulate import (
 )
 from param_decomp.harvest.results import results
 from param_decomp.harvest.settings import HarvestSettings
-from param_decomp.jobs.decompose import load_target, new_decomposition
-from param_decomp.jobs.evaluate import checkpoint_step, require_trained_target, saved_config
+from param_decomp.jobs.evaluate import open_checkpoint
 from param_decomp.objective import Objective
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.hf.config_map import HFTargetSpec
-from param_decomp.train.checkpoint import restore_item
 from param_decomp.train.run_dir import RunDirError
 from param_decomp.train.run_loop import STOP, Preempted, is_main_process
 
@@ -72,20 +70,21 @@ def open_run(run_dir: Path, step: int | None = None, runs_dir: Path | None = Non
     """Checkpoint `step` (default: the latest) of an LM decomposition run, with its cached
     target (never trained here)."""
     run_dir = Path(run_dir)
-    step = checkpoint_step(run_dir, step)
-    cfg = saved_config(run_dir, step)
-    runs_dir = run_dir.parent if runs_dir is None else Path(runs_dir)
-    require_trained_target(cfg, runs_dir)
-    source = str(run_dir / "checkpoints" / str(step) / "config")
-    target_cfg, target = load_target(cfg, source, runs_dir)
-    if not isinstance(target_cfg, PretrainConfig | HFTargetSpec):
+    opened = open_checkpoint(run_dir, step, runs_dir)
+    if not isinstance(opened.target_cfg, PretrainConfig | HFTargetSpec):
         raise RunDirError(
             f"{run_dir} decomposes a toy target: a harvest reads token contexts, LM runs only"
         )
-    graphdef, fresh = nnx.split(new_decomposition(cfg, target))
-    template = jax.tree.map(np.asarray, fresh)
-    params = restore_item(run_dir / "checkpoints", step, "decomposition", template)
-    return OpenRun(run_dir, runs_dir, step, cfg, target_cfg, target, graphdef, params)
+    return OpenRun(
+        run_dir,
+        opened.runs_dir,
+        opened.step,
+        opened.cfg,
+        opened.target_cfg,
+        opened.target,
+        opened.graphdef,
+        opened.params,
+    )
 
 
 def token_store(run: OpenRun) -> TokenStore:
