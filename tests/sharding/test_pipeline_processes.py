@@ -7,7 +7,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
-from test_multiprocess import _free_port, _run_together
+from processes import free_port, run_together
 
 from param_decomp.config.pretrain_schema import TextData
 from param_decomp.data.pipeline import TextBatches
@@ -24,8 +24,8 @@ def test_two_processes_split_every_global_batch(tmp_path: Path) -> None:
         counters = "".join(f"{i}.{j};" for j in range(15 + 4 * (i % 5)))
         (corpus / f"doc{i:02d}.txt").write_text(f"doc {i}: {counters}")
     cache = tmp_path / "cache"
-    port = _free_port()
-    _run_together(
+    port = free_port()
+    run_together(
         [
             [
                 sys.executable,
