@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-REFERENCE_RUN = REPO.parent / "shared" / "reference" / "run.sh"
+# the reference's run.sh, or a script with its interface (bench/gpu_reference_run.sh on a GPU)
+REFERENCE_RUN = Path(
+    os.environ.get("PD_REFERENCE_RUN", REPO.parent / "shared" / "reference" / "run.sh")
+)
 TARGET_CONFIG = "bench/configs/lm_pair_target.yaml"
 CONFIG = "bench/configs/lm_pair.yaml"
 TARGET_RUN = REPO / "runs" / "targets" / "bench_lm_pair"
@@ -67,9 +71,9 @@ def _run(cmd: list[str]) -> None:
 
 def prepare() -> None:
     """Pretrain and export the target, and write the parquet windows, once (cached in runs/)."""
-    if not (TARGET_RUN / "checkpoints").is_dir():
-        _run([sys.executable, "-m", "param_decomp.cli", "pretrain", TARGET_CONFIG])
-    if not (HF_DIR / "model.safetensors").is_file():
+    if not (HF_DIR / "model.safetensors").is_file():  # the export alone may travel (GPU)
+        if not (TARGET_RUN / "checkpoints").is_dir():
+            _run([sys.executable, "-m", "param_decomp.cli", "pretrain", TARGET_CONFIG])
         _run([sys.executable, "-m", "param_decomp.cli", "export", str(TARGET_RUN), str(HF_DIR)])
     if (DATA_DIR / "test.parquet").is_file():
         return
@@ -120,31 +124,45 @@ def reference(
     return json.loads(lines[-1])
 
 
-def project(steps: int = PROJECT_STEPS, prefix: tuple[str, ...] = (), full: bool = False) -> dict:
+def project(
+    steps: int = PROJECT_STEPS,
+    prefix: tuple[str, ...] = (),
+    full: bool = False,
+    flops: bool = False,
+    env: dict[str, str] | None = None,
+) -> dict:
     """This project's step on the same folder, in a fresh process (as run_bench.py runs it);
-    `full` adds run_bench's FLOP count, matmul floor and CI-function time (the roofline)."""
-    cmd = [
-        *prefix,
-        sys.executable,
-        str(Path(__file__).resolve()),
-        "--project-worker",
-        "--steps",
-        str(steps),
-    ] + (["--full"] if full else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO)
+    `full` adds run_bench's FLOP count, matmul floor and CI-function time (the roofline),
+    `flops` the FLOP counts alone (MFU); `env` is added to the child's environment."""
+    cmd = (
+        [
+            *prefix,
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--project-worker",
+            "--steps",
+            str(steps),
+        ]
+        + (["--full"] if full else [])
+        + (["--flops"] if flops else [])
+    )
+    child_env = {**os.environ, **(env or {})}
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=REPO, env=child_env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"project lm bench failed:\n{proc.stderr[-3000:]}")
     return json.loads(lines[-1])
 
 
-def _project_worker(steps: int, full: bool) -> None:
+def _project_worker(steps: int, full: bool, flops: bool = False) -> None:
     sys.path.insert(0, str(REPO / "bench"))
     import run_bench
 
     run_bench.SPEED_BENCHES["lm_pair"] = {"config": CONFIG, "batch": BATCH, "lm": True}
     peak = run_bench.matmul_peak_gflops() if full else 0.0
-    result = run_bench.bench_speed("lm_pair", steps, peak, timing_only=not full)
+    result = run_bench.bench_speed(
+        "lm_pair", steps, peak, timing_only=not (full or flops), flops_only=flops and not full
+    )
     print(json.dumps(result, default=lambda o: o.model_dump(exclude_none=True)), flush=True)
 
 
@@ -154,11 +172,12 @@ def main() -> int:
     parser.add_argument("--project-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--reference", action="store_true", help="one reference run")
     parser.add_argument("--full", action="store_true", help="project: FLOPs, matmul floor, CI")
+    parser.add_argument("--flops", action="store_true", help="project: FLOP counts (MFU)")
     parser.add_argument("--one-core", action="store_true", help="under `taskset -c 0`")
     parser.add_argument("--steps", type=int)
     args = parser.parse_args()
     if args.project_worker:
-        _project_worker(args.steps or PROJECT_STEPS, args.full)
+        _project_worker(args.steps or PROJECT_STEPS, args.full, args.flops)
         return 0
     prepare()
     prefix = ONE_CORE if args.one_core else ()

@@ -166,6 +166,8 @@ def main() -> None:
                 "autocast_bf16": args.bf16,
                 "torch": torch.__version__,
                 "threads": torch.get_num_threads(),
+                "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+                "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             }
         ),
         flush=True,

@@ -333,8 +333,15 @@ def previous_analytic_matmul_flops(session: Any, batch: int) -> dict[str, float]
 
 
 def bench_speed(
-    name: str, steps: int | None, peak_gflops: float, timing_only: bool = False
+    name: str,
+    steps: int | None,
+    peak_gflops: float,
+    timing_only: bool = False,
+    flops_only: bool = False,
 ) -> dict[str, Any]:
+    """One speed bench. `timing_only`: the step time alone; `flops_only`: the step time and its
+    FLOP counts (XLA's and the jaxpr's products: cheap, for MFU on a GPU), without the matmul
+    floor, CI timing and kernel count that the full bench measures op by op."""
     spec = SPEED_BENCHES[name]
     cfg = _config(spec["config"], batch_size=spec["batch"])
     if "C" in spec:
@@ -394,6 +401,16 @@ def bench_speed(
     flops_xla = _cost_flops(compiled)
     jaxpr = step_fn.trace(state, target_state, batch).jaxpr.jaxpr
     flops_matmul, products = step_matmul_flops(jaxpr)
+    if flops_only:
+        result.update(
+            {
+                "flops_per_step_analytic_matmul": flops_matmul,
+                "flops_per_step_xla": flops_xla,
+                "gflops_per_s_analytic_matmul": flops_matmul / s_per_step / 1e9,
+                "gflops_per_s_xla": flops_xla / s_per_step / 1e9 if flops_xla else None,
+            }
+        )
+        return result
     previous = None if spec.get("lm") else previous_analytic_matmul_flops(session, positions)
     floor = matmul_floor(products)
     ci_s = ci_function_seconds(session, state.params, batch)
@@ -758,6 +775,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the step time (no FLOP counts, matmul floor or peak): for bench-reference",
     )
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="the step time and its FLOP counts, without the op-by-op floor (MFU on a GPU)",
+    )
     parser.add_argument("--results-dir", type=Path, help="write the JSON here instead")
     parser.add_argument(MEMORY_WORKER_FLAG, action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -773,9 +795,9 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     out_dir = args.results_dir or RESULTS_DIR
     if speed:
-        peak = None if args.timing_only else matmul_peak_gflops()
+        peak = None if args.timing_only or args.flops else matmul_peak_gflops()
         for name in speed:
-            results.append(bench_speed(name, args.steps, peak or 0.0, args.timing_only))
+            results.append(bench_speed(name, args.steps, peak or 0.0, args.timing_only, args.flops))
         if peak is not None:
             # re-measured at the end, best of both: one noisy measurement must not inflate MFU
             peak = max(peak, matmul_peak_gflops())
