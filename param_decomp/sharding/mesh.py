@@ -13,7 +13,16 @@ AXES = ("data", "fsdp", "tensor")
 
 
 def build_mesh(cfg: MeshConfig, devices: list | None = None) -> Mesh:
+    """The mesh over `devices` (default: every visible device), or over their first
+    `cfg.devices` when set: a subset is one process's choice, so it needs a single process
+    (every process of a multi-process run must hold its share of the mesh)."""
     devices = jax.devices() if devices is None else devices
+    if cfg.devices is not None:
+        if jax.process_count() > 1:
+            raise ValueError("mesh.devices (a subset of the devices) needs a single process")
+        if cfg.devices > len(devices):
+            raise ValueError(f"mesh.devices {cfg.devices}, but {len(devices)} are available")
+        devices = devices[: cfg.devices]
     shape = resolve_mesh_shape(cfg, len(devices))
     n = int(np.prod(list(shape.values())))
     if n != len(devices):

@@ -196,6 +196,7 @@ def test_s1_4_s5_5_lm_decomposition_by_pattern_with_transformer_ci(
     }
     cfg["train"]["steps"] = 3
     cfg["eval"]["figures"] = False
+    cfg["mesh"] = {"devices": 1}  # the sites and the CI function are the point, not the mesh
     path = tmp_path / "patterns.yaml"
     path.write_text(yaml.safe_dump(cfg))
     trained_targets(tmp_path, REPO / cfg["target"])
