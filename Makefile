@@ -40,7 +40,7 @@ demo: $(RUN_STAMP)
 	$(BIN)/param-decomp decompose configs/tms_5-2.yaml
 
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=25
 
 lint: $(TEST_STAMP)
 	$(BIN)/ruff check .

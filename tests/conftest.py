@@ -41,17 +41,24 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest files first. xdist's --dist loadfile hands out files in collection order, so a
-    long file collected last keeps one worker busy while the other idles; starting with the
-    files marked `runs_long` (largest estimate first) shortens that tail. A scheduling hint
-    only: the estimates are never asserted, and the order inside a file is unchanged."""
+    """Longest files first. xdist's --dist loadfile hands out files in collection order (with
+    `--no-loadscope-reorder`, which `make test` passes: by default xdist re-sorts files by
+    their number of tests, and a long file of few tests then starts last), so a long file
+    collected last keeps one worker busy while the other idles; starting with the files
+    marked `runs_long` (largest estimate first, a mark on the module or on any of its tests)
+    shortens that tail. A scheduling hint only: the estimates are never asserted, and the
+    order inside a file is unchanged."""
 
-    def estimate(item: pytest.Item) -> float:
-        marker = item.module.pytestmark if hasattr(item.module, "pytestmark") else None
-        marks = marker if isinstance(marker, list) else [marker] if marker else []
-        return max((m.kwargs.get("seconds", 0) for m in marks if m.name == "runs_long"), default=0)
+    def file_of(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
 
-    items.sort(key=lambda item: -estimate(item))  # stable: files keep their own order
+    per_file: dict[str, float] = {}
+    for item in items:
+        marks = item.iter_markers("runs_long")
+        seconds = max((m.kwargs.get("seconds", 0) for m in marks), default=0)
+        per_file[file_of(item)] = max(per_file.get(file_of(item), 0), seconds)
+    # stable: the files keep their own order, and so do the tests inside a file
+    items.sort(key=lambda item: -per_file[file_of(item)])
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
