@@ -7,6 +7,13 @@ import socket
 import subprocess
 
 TIMEOUT_S = 240
+# the suite's LLVM level (tests/conftest.py), for children that set their own device count
+FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def xla_flags(devices: int) -> str:
+    """XLA_FLAGS of a child process with `devices` simulated CPU devices."""
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
 
 
 def run_together(commands: list[list[str]], **popen_kwargs: object) -> None:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from processes import xla_flags
 
 pytestmark = pytest.mark.runs_long(seconds=40)
 
@@ -25,7 +26,7 @@ def _probe(run_dir: Path, tokens: int) -> dict:
     # one device; two malloc arenas: glibc's per-thread arenas otherwise add tens of MiB of
     # run-to-run noise to the peak, unrelated to the tokens
     env = dict(
-        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", MALLOC_ARENA_MAX="2"
+        os.environ, XLA_FLAGS=xla_flags(1), MALLOC_ARENA_MAX="2"
     )
     args = [sys.executable, str(PROBE), str(run_dir), str(BATCH), str(tokens)]
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cli_runner import run_cli
-from processes import free_port, run_together
+from processes import free_port, run_together, xla_flags
 from test_harvest_statistics import ATOL, _cli_args, _tables, _worst_error
 
 import param_decomp.harvest as harvest
@@ -30,7 +30,7 @@ def test_two_processes_harvest_the_tables_of_one(harvest_run: Path, tmp_path: Pa
     out = run_cli("harvest", str(runs["one"]), *args)
     assert out.returncode == 0, out.stderr
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
     distributed = ["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2"]
     run_together(
         [

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from processes import TIMEOUT_S, free_port, run_together
+from processes import TIMEOUT_S, free_port, run_together, xla_flags
 from test_mesh_invariance import REL, _worst_rel, trajectory
 from trajectory_problem import MESHES, toy_problem
 
@@ -71,7 +71,7 @@ def test_cli_decompose_runs_as_two_processes(
     config.write_text(yaml.safe_dump(cfg))
     trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
     port = free_port()
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     run_together(
         [
             [
@@ -120,7 +120,7 @@ def test_sigterm_to_one_process_stops_both_at_the_same_step(
     config = tmp_path / "long.yaml"
     config.write_text(yaml.safe_dump(raw))
     trained_targets(tmp_path, repo / "tests" / "fixtures" / "tms_tiny_target.yaml")
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(2)}
     port = free_port()
 
     def command(pid: int, *extra: str) -> list[str]:

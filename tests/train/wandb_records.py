@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,20 @@ def _records(path: Path) -> list[Any]:
     return records
 
 
-def read_offline_run(folder: Path) -> OfflineRun:
+def read_offline_run(folder: Path, wait_s: float = 30.0) -> OfflineRun:
     """History rows by step (keys as logged; an image's fields as `<key>/<field>`), the run
-    record (id, name, tags, config) and the exit code."""
+    record (id, name, tags, config) and the exit code. wandb's service writes the file on its
+    own schedule and has been seen, on a loaded machine, to have written only part of it when
+    `finish()` returned: the file is re-read until its run record is there (up to `wait_s`)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_once(folder)
+        if run.run is not None or time.monotonic() > deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_once(folder: Path) -> OfflineRun:
     (path,) = folder.glob("run-*.wandb")
     run = OfflineRun(folder)
     for record in _records(path):
