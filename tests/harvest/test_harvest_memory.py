@@ -25,9 +25,7 @@ GROWTH_LIMIT_MIB = 64
 def _probe(run_dir: Path, tokens: int) -> dict:
     # one device; two malloc arenas: glibc's per-thread arenas otherwise add tens of MiB of
     # run-to-run noise to the peak, unrelated to the tokens
-    env = dict(
-        os.environ, XLA_FLAGS=xla_flags(1), MALLOC_ARENA_MAX="2"
-    )
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1), MALLOC_ARENA_MAX="2")
     args = [sys.executable, str(PROBE), str(run_dir), str(BATCH), str(tokens)]
     out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
