@@ -19,10 +19,8 @@ step's start (the last step only logs and saves). Prints one JSON line.
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
-from unittest import mock
 
 os.environ.update(
     HF_HUB_OFFLINE="1",
@@ -32,14 +30,9 @@ os.environ.update(
     TOKENIZERS_PARALLELISM="false",
 )
 os.environ.setdefault("SPD_OUT_DIR", tempfile.mkdtemp(prefix="ref_lm_"))
-# Import-only dependencies of the reference that are not on the package index.
-for m in [
-    "wandb_workspaces",
-    "wandb_workspaces.reports",
-    "wandb_workspaces.reports.v2",
-    "wandb_workspaces.workspaces",
-]:
-    sys.modules[m] = mock.MagicMock()
+import reference_stubs  # noqa: E402  (beside this script: its folder is on sys.path)
+
+reference_stubs.install()
 
 import spd.run_spd as run_spd  # noqa: E402
 import torch  # noqa: E402

@@ -16,20 +16,13 @@ Prints one JSON line.
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
-# Import-only dependencies of the reference that are not on the package index.
-for _name in [
-    "wandb_workspaces",
-    "wandb_workspaces.reports",
-    "wandb_workspaces.reports.v2",
-    "wandb_workspaces.workspaces",
-]:
-    sys.modules[_name] = mock.MagicMock()
+import reference_stubs  # beside this script: its folder is on sys.path
+
+reference_stubs.install()
 
 import torch  # noqa: E402
 import yaml  # noqa: E402
