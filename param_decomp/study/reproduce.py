@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from param_decomp.config.errors import ConfigError
+from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.eval.toy_recovery import dense_ci_error, identity_ci_error, site_mmcs
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.reproduce_schema import PlannedExperiment, Reproduction
@@ -75,10 +77,15 @@ def score_sites(
 
 
 def _same_saved_config(run_dir: Path, config: dict[str, Any]) -> bool:
+    """Whether the run folder's saved config is this config. The saved one is read through the
+    current schema first, so a key added since it was written (at its default) does not make a
+    finished part of the run look like another config and start it over."""
+    path = run_dir / "config.yaml"
     try:
-        return yaml.safe_load((run_dir / "config.yaml").read_text()) == config
-    except (OSError, yaml.YAMLError):
+        saved = decompose_config_from_data(yaml.safe_load(path.read_text()), path)
+    except (OSError, yaml.YAMLError, ConfigError):
         return False
+    return saved.model_dump(mode="json") == config
 
 
 def run_experiment(

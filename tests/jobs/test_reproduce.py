@@ -9,6 +9,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import yaml
 from flax import nnx
 
 from param_decomp.config.any_config import load_any_config
@@ -153,3 +154,23 @@ def test_cli_render_only_lists_unrun_experiments(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "not run: left out with --only" in out_md.read_text()
     assert run_cli(*args, "--only", "nope").returncode == 2  # a config error names the file
+
+
+def test_a_key_added_since_the_run_was_saved_still_resumes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run folder whose config.yaml predates a new key (written without it, the key at its
+    default now) is the same config: reproduce continues it instead of starting over."""
+    from param_decomp.study.reproduce import _same_saved_config
+
+    monkeypatch.chdir(REPO)
+    cfg = load_reproduction(PAPER, only=["tms_5-2"]).experiments[0].config
+    dumped = cfg.model_dump(mode="json")
+    older = {**dumped, "mesh": {k: v for k, v in dumped["mesh"].items() if k != "devices"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(older))
+    assert _same_saved_config(tmp_path, dumped)
+    changed = {**dumped, "seed": dumped["seed"] + 1}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(changed))
+    assert not _same_saved_config(tmp_path, dumped)
+    (tmp_path / "config.yaml").write_text("train: {steps: -3}\n")  # not a config: start over
+    assert not _same_saved_config(tmp_path, dumped)
