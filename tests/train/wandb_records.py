@@ -36,10 +36,14 @@ class OfflineRun:
         return self.folder / "files"
 
 
-def _records(path: Path) -> list[Any]:
+def _records(data: bytes, path: Path) -> tuple[list[Any], bool]:
+    """The whole records of `data` and whether it ended cleanly (False: the service was still
+    writing, and a last chunk or record is cut short)."""
+    from google.protobuf.message import DecodeError
     from wandb.proto import wandb_internal_pb2
 
-    data = path.read_bytes()
+    if len(data) < HEADER.size:
+        return [], False
     ident, magic, _ = HEADER.unpack_from(data)
     assert (ident, magic) == (b":W&B", 0xBEE1), f"{path} is not a wandb run file"
     records, pieces, pos = [], b"", HEADER.size
@@ -52,33 +56,51 @@ def _records(path: Path) -> list[Any]:
         if kind == 0:  # zero padding to the end of the block
             pos += left
             continue
+        if pos + CHUNK.size + length > len(data):
+            return records, False
         pieces += data[pos + CHUNK.size : pos + CHUNK.size + length]
         pos += CHUNK.size + length
         if kind in (FULL, LAST):
             record = wandb_internal_pb2.Record()
-            record.ParseFromString(pieces)
+            try:
+                record.ParseFromString(pieces)
+            except DecodeError:
+                return records, False
             records.append(record)
             pieces = b""
-    return records
+    return records, not pieces
 
 
-def read_offline_run(folder: Path, wait_s: float = 30.0) -> OfflineRun:
+def read_offline_run(folder: Path, wait_s: float = 30.0, settle_s: float = 2.0) -> OfflineRun:
     """History rows by step (keys as logged; an image's fields as `<key>/<field>`), the run
-    record (id, name, tags, config) and the exit code. wandb's service writes the file on its
-    own schedule and has been seen, on a loaded machine, to have written only part of it when
-    `finish()` returned: the file is re-read until its run record is there (up to `wait_s`)."""
+    record (id, name, tags, config) and the exit code.
+
+    wandb's service writes the file on its own schedule and has been seen, on a loaded machine,
+    to have written only part of it when `finish()` returned (no run record yet; a last record
+    cut mid-write). The file is re-read until it holds its exit record, or until it ends cleanly
+    with a run record and has not grown for `settle_s` (up to `wait_s` in all)."""
+    (path,) = folder.glob("run-*.wandb")
     deadline = time.monotonic() + wait_s
+    last_size, stable_since = -1, time.monotonic()
     while True:
-        run = _read_once(folder)
-        if run.run is not None or time.monotonic() > deadline:
+        data = path.read_bytes()
+        records, clean = _records(data, path)
+        run = _run_of(folder, records)
+        now = time.monotonic()
+        if len(data) != last_size:
+            last_size, stable_since = len(data), now
+        if clean and run.run is not None:
+            if run.exit_code is not None or now - stable_since >= settle_s:
+                return run
+        if now > deadline:
+            assert clean, f"{path} still ends mid-record after {wait_s} s"
             return run
         time.sleep(0.2)
 
 
-def _read_once(folder: Path) -> OfflineRun:
-    (path,) = folder.glob("run-*.wandb")
+def _run_of(folder: Path, records: list[Any]) -> OfflineRun:
     run = OfflineRun(folder)
-    for record in _records(path):
+    for record in records:
         kind = record.WhichOneof("record_type")
         if kind == "run":
             run.run = record.run
