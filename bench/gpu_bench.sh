@@ -25,20 +25,11 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 cd "$REPO"
 mkdir -p "$OUT_DIR"
 started=$(date +%s)
-log() { echo "[gpu_bench $(($(date +%s) - started)) s] $*" | tee -a "$OUT_DIR/gpu_bench.log"; }
 
-install() {  # wheels dir, target dir
-  [[ -d $2 ]] && return 0
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target "$2" "$1"/*.whl >>"$OUT_DIR/install.log" 2>&1 || { log "install $1 failed"; exit 3; }
-}
-install .whl_pd /tmp/site_pd
+LOG="$OUT_DIR/gpu_bench.log"
+source bench/gpu_env.sh
 install .whl_ref /tmp/site_ref
-export PYTHONPATH="$REPO:/tmp/site_pd"
 export PD_REFERENCE_RUN="$REPO/bench/gpu_reference_run.sh" REF_SITE=/tmp/site_ref
-log "installed; $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
-python3 -c "import jax, flax, pydantic; print('jax', jax.__version__, jax.devices(), 'flax', \
-flax.__version__, 'pydantic', pydantic.VERSION)" 2>&1 | tee -a "$OUT_DIR/gpu_bench.log"
 
 if ((BENCH_S > 0)); then
   log "bench: vs_reference --gpu --pairs 2 (deadline ${BENCH_S} s)"
