@@ -197,6 +197,29 @@ class Optimizer(StrictModel):
     )
 
 
+class DecompositionOptimizer(Optimizer):
+    """A decomposition's optimizer: also the reference's LM recipe's split clipping (S10.6),
+    the components' gradient clipped apart from the CI function's, so a large CI-function
+    gradient cannot shrink the components' step (or the other way round)."""
+
+    grad_clip_norm_components: PositiveFloat | None = Field(
+        default=None, description="global-norm clip of every V and U gradient together (S10.6)"
+    )
+    grad_clip_norm_ci_function: PositiveFloat | None = Field(
+        default=None, description="global-norm clip of the CI function's gradient (S10.6)"
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_clipping(self) -> DecompositionOptimizer:
+        split = self.grad_clip_norm_components or self.grad_clip_norm_ci_function
+        if self.grad_clip_norm is not None and split is not None:
+            raise ValueError(
+                "grad_clip_norm clips every gradient together; grad_clip_norm_components / "
+                "grad_clip_norm_ci_function clip the two groups apart: set one kind, not both"
+            )
+        return self
+
+
 # ----------------------------------------------------------------------------- logging
 
 
@@ -475,7 +498,7 @@ class FaithfulnessWarmup(StrictModel):
 class DecomposeTraining(StrictModel):
     steps: PositiveInt
     batch_size: PositiveInt
-    optimizer: Optimizer
+    optimizer: DecompositionOptimizer
     faithfulness_warmup: FaithfulnessWarmup = FaithfulnessWarmup()
     log_every: PositiveInt = 100
     micro_batches: PositiveInt = Field(
