@@ -8,7 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from param_decomp.study.reproduce import read_record, record_path, records_dir
+from param_decomp.study.reproduce import (
+    read_record,
+    record_path,
+    records_dir,
+    same_config,
+    saved_config,
+)
 from param_decomp.study.reproduce_schema import Experiment, PlannedExperiment, Reproduction
 
 
@@ -23,7 +29,7 @@ def pick_record(planned: PlannedExperiment, runs_dir: Path) -> tuple[dict | None
     """The record of this invocation's budget if it exists, else the longest run of the same
     experiment and config at another budget; with a note when it is the latter."""
     own = read_record(record_path(runs_dir, planned))
-    if own is not None and own.get("config_hash") == planned.config_hash:
+    if own is not None and same_config(own, planned):
         return own, ""
     current = _without_budget(planned.config.model_dump(mode="json"))
     others = [
@@ -31,7 +37,7 @@ def pick_record(planned: PlannedExperiment, runs_dir: Path) -> tuple[dict | None
         for p in sorted(records_dir(runs_dir).glob("*.json"))
         if (r := read_record(p)) is not None
         and r.get("name") == planned.spec.name
-        and _without_budget(r.get("config", {})) == current
+        and _without_budget(saved_config(r.get("config"), str(p)) or {}) == current
     ]
     if not others:
         return None, ""
@@ -142,6 +148,8 @@ def _section(
         + ("as the paper." if not problems else "differs from the paper: " + "; ".join(problems)),
         "",
     ]
+    if spec.measured_note:
+        lines += [f"Measured: {spec.measured_note.strip()}", ""]
     if figure:
         lines += [f"![CI on single-feature inputs at 0.75: {spec.title}]({figure})", ""]
     return lines

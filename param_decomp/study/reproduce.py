@@ -47,10 +47,37 @@ def read_record(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def saved_config(config: Any, source: str) -> dict[str, Any] | None:
+    """A config saved by an earlier run, read through the current schema (a key added since
+    takes its default) and dumped; None when it no longer loads."""
+    if not isinstance(config, dict):
+        return None
+    try:
+        return decompose_config_from_data(config, source).model_dump(mode="json")
+    except ConfigError:
+        return None
+
+
+def same_config(record: dict[str, Any], planned: PlannedExperiment) -> bool:
+    """Whether a record was made with this experiment's resolved config (S18.2): the same hash,
+    or, when the schema gained a key since, the same config once the record's saved one is read
+    through the current schema. Without the second test every new config key would orphan
+    every finished record."""
+    if record.get("config_hash") == planned.config_hash:
+        return True
+    saved = saved_config(record.get("config"), f"the record of {planned.spec.name}")
+    if saved is None:
+        return False
+    current = planned.config.model_dump(mode="json")
+    return {k: v for k, v in saved.items() if k != "run_name"} == {
+        k: v for k, v in current.items() if k != "run_name"
+    }
+
+
 def is_done(planned: PlannedExperiment, runs_dir: Path) -> bool:
-    """Done iff its record exists with the same resolved config hash (S18.2)."""
+    """Done iff its record exists and was made with the same resolved config (S18.2)."""
     record = read_record(record_path(runs_dir, planned))
-    return record is not None and record.get("config_hash") == planned.config_hash
+    return record is not None and same_config(record, planned)
 
 
 def score_sites(
@@ -82,10 +109,10 @@ def _same_saved_config(run_dir: Path, config: dict[str, Any]) -> bool:
     finished part of the run look like another config and start it over."""
     path = run_dir / "config.yaml"
     try:
-        saved = decompose_config_from_data(yaml.safe_load(path.read_text()), path)
-    except (OSError, yaml.YAMLError, ConfigError):
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
         return False
-    return saved.model_dump(mode="json") == config
+    return saved_config(data, str(path)) == config
 
 
 def run_experiment(

@@ -57,6 +57,11 @@ class Experiment(StrictModel):
     )
     expect: Expectation
     cpu_note: str = Field(default="", description="why it may be left unrun on a CPU")
+    measured_note: str = Field(
+        default="",
+        description="a measurement explaining a finished run's outcome (e.g. why an alive count "
+        "differs), rendered under it; not part of the run's config hash",
+    )
 
 
 class ReproduceConfig(StrictModel):

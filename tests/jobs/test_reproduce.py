@@ -138,6 +138,15 @@ def test_tiny_reproduction_runs_skips_and_rerenders(
     assert "met (at a shortened budget)" in md
     assert "not run: left out with --only" in md
     assert "full length" not in md
+    assert "Measured: a note written from a measurement of the finished run" in md
+    # the note is not the run's config: changing it leaves the finished run finished
+    raw = yaml.safe_load(TINY.read_text())
+    raw["experiments"][0]["measured_note"] = "another note"
+    (tmp_path / "noted.yaml").write_text(yaml.safe_dump(raw))
+    noted = load_reproduction(
+        tmp_path / "noted.yaml", steps={"tms_5-2-id": 1200}, only=["tms_5-2-id"]
+    )
+    assert is_done(noted.experiments[0], tmp_path)
     # another budget has no record of its own: the 1200-step record is shown, said to be so
     other = load_reproduction(TINY, steps={"tms_5-2-id": 5000}, only=["tms_5-2-id"])
     assert not is_done(other.experiments[0], tmp_path)
@@ -172,5 +181,13 @@ def test_a_key_added_since_the_run_was_saved_still_resumes(
     changed = {**dumped, "seed": dumped["seed"] + 1}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(changed))
     assert not _same_saved_config(tmp_path, dumped)
+    # a finished record made before the key existed still counts as done (its hash differs)
+    from param_decomp.study.reproduce import same_config
+
+    planned = load_reproduction(PAPER, only=["tms_5-2"]).experiments[0]
+    record = {"config_hash": "made-before-devices", "config": older}
+    assert same_config(record, planned)
+    assert not same_config({**record, "config": changed}, planned)
+    assert not same_config({**record, "config": {"train": {"steps": -3}}}, planned)
     (tmp_path / "config.yaml").write_text("train: {steps: -3}\n")  # not a config: start over
     assert not _same_saved_config(tmp_path, dumped)
