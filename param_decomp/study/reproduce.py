@@ -68,10 +68,8 @@ def same_config(record: dict[str, Any], planned: PlannedExperiment) -> bool:
     saved = saved_config(record.get("config"), f"the record of {planned.spec.name}")
     if saved is None:
         return False
-    current = planned.config.model_dump(mode="json")
-    return {k: v for k, v in saved.items() if k != "run_name"} == {
-        k: v for k, v in current.items() if k != "run_name"
-    }
+    saved.pop("run_name", None)
+    return saved == planned.config.model_dump(mode="json", exclude={"run_name"})
 
 
 def is_done(planned: PlannedExperiment, runs_dir: Path) -> bool:
