@@ -38,6 +38,9 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--dump-hlo", type=Path, default=None, help="write the optimized HLO here")
+    parser.add_argument(
+        "--by-kind", action="store_true", help="also sum the ops by kind (products, copies, ...)"
+    )
     args = parser.parse_args()
 
     updates = {"batch_size": args.batch} if args.batch else {}
@@ -82,8 +85,47 @@ def main() -> int:
     for name, ns in sorted(totals.items(), key=lambda kv: -kv[1])[: args.top]:
         ms = ns / 1e6 / args.steps
         print(f"{ms:>9.3f} {ms / (wall * 1e3):>6.1%} {counts[name] // args.steps:>6}  {name[:90]}")
+    if args.by_kind:
+        print_by_kind(totals, counts, args.steps, wall)
     _ = RUNS_DIR
     return 0
+
+
+# XLA:CPU thunk names by what they do; the first matching prefix wins
+KINDS = (
+    ("products with fused elementwise (YNNPACK)", ("ynn_fusion", "xnn_fusion", "onednn")),
+    ("plain dots", ("dot", "custom-call")),
+    ("layout copies and transposes", ("copy", "transpose", "bitcast")),
+    ("reductions", ("reduce", "input_reduce", "loop_reduce")),
+    ("sorts (top-k, quantiles)", ("sort",)),
+    ("while loops (the RNG's rolled threefry rounds)", ("while", "body", "cond")),
+)
+
+
+def op_kind(name: str) -> str | None:
+    """The kind of one XLA:CPU thunk event, None for the executor's own wrapper events."""
+    if name.startswith("ThunkExecutor") or " " in name:
+        return None
+    for kind, prefixes in KINDS:
+        if name.startswith(prefixes):
+            return kind
+    return "other elementwise fusions"
+
+
+def print_by_kind(
+    totals: dict[str, float], counts: dict[str, int], steps: int, wall: float
+) -> None:
+    """ms per step and kernel count by kind: where a step goes beyond its products."""
+    by_ms: dict[str, float] = collections.defaultdict(float)
+    by_n: dict[str, int] = collections.defaultdict(int)
+    for name, ns in totals.items():
+        kind = op_kind(name)
+        if kind is not None:
+            by_ms[kind] += ns / 1e6 / steps
+            by_n[kind] += counts[name] // steps
+    print(f"\n{'ms/step':>9} {'share':>6} {'kernels':>7}  kind")
+    for kind, ms in sorted(by_ms.items(), key=lambda kv: -kv[1]):
+        print(f"{ms:>9.1f} {ms / (wall * 1e3):>6.1%} {by_n[kind]:>7}  {kind}")
 
 
 if __name__ == "__main__":

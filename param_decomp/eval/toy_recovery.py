@@ -67,25 +67,33 @@ def mean_max_cosine(
     return float(np.mean(np.max(cos, axis=1)))
 
 
-def feature_directions(
-    target: TMS | ResidMLP, site: str
-) -> tuple[str, Float[np.ndarray, "f d"]] | None:
-    """(side, directions): where the true features live at a site. "in": compare with the
-    components' V columns (the site's input space), "out": with their U rows. TMS: linear1's
-    input features are the unit vectors, every later site's input carries feature f along
-    W1[f] (through identity hidden layers; a trained hidden layer has no known answer: None);
-    ResidMLP: mlp_in reads feature f along its embedding W_E[f], mlp_out writes along it."""
-    if isinstance(target, TMS):
-        W1 = np.asarray(target.W1[...])
-        if site == "linear1":
-            return "in", np.eye(target.n_features)
-        hidden = [np.asarray(h[...]) for h in target.hidden]
-        if any(not np.allclose(h, np.eye(h.shape[0])) for h in hidden):
-            return None
-        return "in", W1
-    if isinstance(target, ResidMLP):
-        W_E = np.asarray(target.W_E[...])
-        return ("in" if site.endswith("mlp_in") else "out"), W_E
+def feature_directions(target: TMS, site: str) -> tuple[str, Float[np.ndarray, "f d"]] | None:
+    """(side, directions): where a TMS site's true features live. "in": compare with the
+    components' V columns (the site's input space). linear1's input features are the unit
+    vectors, every later site's input carries feature f along W1[f] (through identity hidden
+    layers; a trained hidden layer has no known answer: None)."""
+    W1 = np.asarray(target.W1[...])
+    if site == "linear1":
+        return "in", np.eye(target.n_features)
+    hidden = [np.asarray(h[...]) for h in target.hidden]
+    if any(not np.allclose(h, np.eye(h.shape[0])) for h in hidden):
+        return None
+    return "in", W1
+
+
+def resid_mlp_feature_coordinates(
+    target: ResidMLP, site: str, V: Float[np.ndarray, "d_in C"], U: Float[np.ndarray, "C d_out"]
+) -> Float[np.ndarray, "C f"] | None:
+    """ResidMLP components in feature coordinates: what mlp_in's component c reads of each
+    feature, W_E[f] . V[:, c], and what mlp_out's writes along each, U[c, :] . W_E[f]. The
+    residual stream only ever holds span(W_E) (n_features of d_embed dimensions), so V's part
+    outside it is never exercised and unconstrained by training; a cosine in the full d_embed
+    space would score it (on ResidMLP-1, the median component has 62 % of |V|^2 outside it)."""
+    W_E = np.asarray(target.W_E[...], np.float64)
+    if site.endswith("mlp_in"):
+        return (W_E @ np.asarray(V, np.float64)).T
+    if site.endswith("mlp_out"):
+        return np.asarray(U, np.float64) @ W_E.T
     return None
 
 
@@ -96,7 +104,16 @@ def site_mmcs(
     U: Float[np.ndarray, "C d_out"],
     alive: Bool[np.ndarray, " C"],
 ) -> float | None:
-    """`mean_max_cosine` of one site against its `feature_directions`; None where unknown."""
+    """`mean_max_cosine` of one site against its true features; None where unknown. TMS: in the
+    site's own space (`feature_directions`); ResidMLP: in feature coordinates, against the unit
+    vectors (`resid_mlp_feature_coordinates`)."""
+    if isinstance(target, ResidMLP):
+        comps = resid_mlp_feature_coordinates(target, site, V, U)
+        if comps is None:
+            return None
+        return mean_max_cosine(comps, alive, np.eye(comps.shape[1]))
+    if not isinstance(target, TMS):
+        return None
     known = feature_directions(target, site)
     if known is None:
         return None

@@ -113,6 +113,19 @@ def _machine_line(record: dict[str, Any]) -> str:
     )
 
 
+def _rescored_line(record: dict[str, Any]) -> list[str]:
+    """The scores' provenance when `--rescore` recomputed them after the run (S18.4)."""
+    again = record.get("rescored")
+    if not again:
+        return []
+    c = again.get("commit") or {}
+    sha = c.get("sha", "unknown")[:10] + (" (with uncommitted changes)" if c.get("dirty") else "")
+    return [
+        f"Scores re-computed from the step-{again.get('checkpoint_step', '?')} checkpoint by "
+        f"`--rescore` at commit {sha}, {again.get('when', '?')}; losses and times are the run's."
+    ]
+
+
 def _section(
     planned: PlannedExperiment, record: dict | None, note: str, figure: str | None
 ) -> list[str]:
@@ -128,6 +141,7 @@ def _section(
         + (" (resumed; this part only)" if record.get("resumed") else "")
         + f", target {_duration(record['target_s'])} (training or loading its cache).",
         f"Machine and code: {_machine_line(record)}.",
+        *_rescored_line(record),
         "",
         "| site | C | alive | paper | CI pattern | CI error at 0.75 | mean max cos |",
         "|---|---|---|---|---|---|---|",

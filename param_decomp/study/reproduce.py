@@ -10,8 +10,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import yaml
+from flax import nnx
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import decompose_config_from_data
@@ -160,6 +163,55 @@ def run_experiment(
     tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
     tmp.replace(path)
     return record
+
+
+def rescore_experiment(planned: PlannedExperiment, runs_dir: Path) -> dict[str, Any] | None:
+    """Re-score a finished run from its final checkpoint with this code's S18.3 scores, after a
+    scoring fix, without training; returns the updated record (None when there is no finished
+    record of this config to re-score). The losses and wall times stay the run's own."""
+    from param_decomp.jobs.decompose import evaluation, make_source
+    from param_decomp.jobs.evaluate import open_checkpoint
+    from param_decomp.objective import Objective
+
+    runs_dir = Path(runs_dir)
+    path = record_path(runs_dir, planned)
+    record = read_record(path)
+    if record is None or not same_config(record, planned):
+        return None
+    opened = open_checkpoint(runs_dir / planned.config.run_name, record["steps"], runs_dir)
+    cfg, target = opened.cfg, opened.target
+    target_graphdef, target_state = nnx.split(target)
+    params, target_state = jax.tree.map(jnp.asarray, (opened.params, target_state))
+    source = make_source(cfg, opened.target_cfg, target, None, runs_dir)
+    result = evaluation(
+        cfg,
+        Objective.from_terms(cfg.losses),
+        opened.graphdef,
+        params,
+        target_graphdef,
+        target_state,
+        source,
+    )
+    record["sites"] = score_sites(planned, target, result)
+    record["rescored"] = {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "commit": commit(),
+        "checkpoint_step": opened.step,
+    }
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
+    tmp.replace(path)
+    return record
+
+
+def rescore_all(repro: Reproduction, runs_dir: Path) -> list[str]:
+    """Re-score every finished run of this invocation's budget; returns the names re-scored."""
+    done = []
+    for planned in repro.experiments:
+        if rescore_experiment(planned, runs_dir) is not None:
+            print(f"reproduce: re-scored {planned.config.run_name} from its final checkpoint")
+            done.append(planned.spec.name)
+    return done
 
 
 def run_all(repro: Reproduction, runs_dir: Path, show_progress: bool = True) -> list[str]:

@@ -21,6 +21,11 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
         "--render-only", action="store_true", help="run nothing; render the runs that are done"
     )
     p.add_argument(
+        "--rescore",
+        action="store_true",
+        help="train nothing; re-score the finished runs from their final checkpoints, render",
+    )
+    p.add_argument(
         "--steps-scale",
         type=float,
         default=1.0,
@@ -40,15 +45,18 @@ def add_reproduce_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_reproduce_command(args: argparse.Namespace) -> int:
-    """Run the experiments not done (unless --render-only), then render the write-up."""
+    """Run the experiments not done (unless --render-only or --rescore: re-score the finished
+    ones), then render the write-up."""
     from param_decomp.study.paper_toys import render
-    from param_decomp.study.reproduce import run_all
+    from param_decomp.study.reproduce import rescore_all, run_all
     from param_decomp.study.reproduce_schema import load_reproduction
 
     only = [n.strip() for n in args.only.split(",") if n.strip()] if args.only else None
     repro = load_reproduction(args.config, args.steps_scale, dict(args.steps), only)
     runs_dir = Path(args.runs_dir)
-    if not args.render_only:
+    if args.rescore:
+        rescore_all(repro, runs_dir)
+    elif not args.render_only:
         run_all(repro, runs_dir, show_progress=not args.no_progress)
     if only is not None:  # the write-up always lists every experiment
         repro = load_reproduction(args.config, args.steps_scale, dict(args.steps))

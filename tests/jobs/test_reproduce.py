@@ -21,7 +21,7 @@ from param_decomp.eval.toy_recovery import (
     site_mmcs,
 )
 from param_decomp.study.paper_toys import outcome_problems, render
-from param_decomp.study.reproduce import is_done, record_path, run_all
+from param_decomp.study.reproduce import is_done, record_path, rescore_all, run_all
 from param_decomp.study.reproduce_schema import load_reproduction
 from param_decomp.targets.build import build_target
 from param_decomp.targets.tms import FixedIdentity
@@ -107,6 +107,27 @@ def test_recovery_scores() -> None:
     assert site_mmcs(model, "linear2", V, np.zeros((6, 5)), np.ones(6, bool)) == pytest.approx(1)
 
 
+def test_resid_mlp_cosines_are_taken_in_feature_coordinates() -> None:
+    """S18.3: a ResidMLP component that reads exactly one feature scores 1 whatever it holds
+    outside span(W_E), a part the residual stream never exercises; the raw cosine in d_embed
+    would score it far lower."""
+    model = build_target(load_any_config(REPO / "configs" / "targets" / "resid_mlp_1.yaml"))
+    W_E = np.asarray(model.W_E[...], np.float64)  # (f, d_embed)
+    f, d = W_E.shape
+    reads_one = np.linalg.pinv(W_E)  # (d, f): column c reads feature c alone
+    outside = (np.eye(d) - reads_one @ W_E) @ np.random.default_rng(0).normal(size=(d, f))
+    V = reads_one + outside * 0.05
+    alive = np.ones(f, bool)
+    assert site_mmcs(model, "layers.0.mlp_in", V, np.zeros((f, 50)), alive) == pytest.approx(1)
+    assert mean_max_cosine(V.T, alive, W_E) < 0.9
+    U = reads_one.T  # (f, d): row c writes along feature c alone, read back through W_E
+    assert site_mmcs(model, "layers.0.mlp_out", np.zeros((50, f)), U, alive) == pytest.approx(1)
+    mixed = reads_one + np.roll(reads_one, 1, axis=1)  # each component reads two features
+    assert site_mmcs(model, "layers.0.mlp_in", mixed, np.zeros((f, 50)), alive) == pytest.approx(
+        np.sqrt(0.5)
+    )
+
+
 def test_tiny_reproduction_runs_skips_and_rerenders(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
@@ -152,6 +173,17 @@ def test_tiny_reproduction_runs_skips_and_rerenders(
     assert not is_done(other.experiments[0], tmp_path)
     md = render(other, tmp_path, tmp_path / "other.md").read_text()
     assert "the record of a 1200-step run" in md
+    # --rescore recomputes the scores from the final checkpoint, trains nothing
+    scored = json.loads(record_path(tmp_path, planned).read_text())
+    tampered = scored | {"sites": {s: e | {"mmcs": 0.0} for s, e in scored["sites"].items()}}
+    record_path(tmp_path, planned).write_text(json.dumps(tampered))
+    assert rescore_all(repro, tmp_path) == ["tms_5-2-id"]
+    again = json.loads(record_path(tmp_path, planned).read_text())
+    assert again["sites"] == scored["sites"] and again["wall_s"] == scored["wall_s"]
+    assert again["rescored"]["checkpoint_step"] == 1200
+    md = render(full, tmp_path, tmp_path / "rescored.md").read_text()
+    assert "re-computed from the step-1200 checkpoint" in md
+    assert rescore_all(other, tmp_path) == []  # no record at that budget: nothing to re-score
 
 
 def test_cli_render_only_lists_unrun_experiments(tmp_path: Path) -> None:
