@@ -121,6 +121,23 @@ def open_checkpoint(
     return RunCheckpoint(step, cfg, runs_dir, target_cfg, target, graphdef, params)
 
 
+def evaluate_checkpoint(
+    opened: RunCheckpoint,
+) -> tuple[dict[str, Any], nnx.State, nnx.GraphDef, nnx.State, Any]:
+    """The end-of-run evaluation (`decompose.evaluation`) of an opened checkpoint; returns it
+    with the device params, the target's graphdef and state, and the batch source it used."""
+    params = jax.tree.map(jnp.asarray, opened.params)
+    target_graphdef, target_state = nnx.split(opened.target)
+    target_state = jax.tree.map(jnp.asarray, target_state)
+    cfg = opened.cfg
+    source = make_source(cfg, opened.target_cfg, opened.target, None, opened.runs_dir)
+    objective = Objective.from_terms(cfg.losses)
+    result = evaluation(
+        cfg, objective, opened.graphdef, params, target_graphdef, target_state, source
+    )
+    return result, params, target_graphdef, target_state, source
+
+
 def evaluate_run(
     run_dir: Path, step: int | None = None, runs_dir: Path | None = None
 ) -> RunEvaluation:
@@ -128,14 +145,8 @@ def evaluate_run(
     `open_checkpoint`)."""
     run_dir = Path(run_dir)
     opened = open_checkpoint(run_dir, step, runs_dir)
-    step, cfg, runs_dir = opened.step, opened.cfg, opened.runs_dir
-    target_cfg, target, graphdef = opened.target_cfg, opened.target, opened.graphdef
-    params = jax.tree.map(jnp.asarray, opened.params)
-    target_graphdef, target_state = nnx.split(target)
-    target_state = jax.tree.map(jnp.asarray, target_state)
-    source = make_source(cfg, target_cfg, target, None, runs_dir)
-    objective = Objective.from_terms(cfg.losses)
-    result = evaluation(cfg, objective, graphdef, params, target_graphdef, target_state, source)
+    step, cfg, graphdef = opened.step, opened.cfg, opened.graphdef
+    result, params, target_graphdef, target_state, source = evaluate_checkpoint(opened)
     out_dir = step_figure_dir(run_dir, step)
     figures = figure_tier(
         cfg, graphdef, params, target_graphdef, target_state, source, out_dir, step

@@ -10,11 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import yaml
-from flax import nnx
 
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import decompose_config_from_data
@@ -59,6 +56,14 @@ def saved_config(config: Any, source: str) -> dict[str, Any] | None:
         return decompose_config_from_data(config, source).model_dump(mode="json")
     except ConfigError:
         return None
+
+
+def write_record(path: Path, record: dict[str, Any]) -> None:
+    """Written whole or not at all: a killed run never leaves half a record."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
+    tmp.replace(path)
 
 
 def same_config(record: dict[str, Any], planned: PlannedExperiment) -> bool:
@@ -157,11 +162,7 @@ def run_experiment(
         "commit": commit(),
         "machine": machine(),
     }
-    path = record_path(runs_dir, planned)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
-    tmp.replace(path)
+    write_record(record_path(runs_dir, planned), record)
     return record
 
 
@@ -169,9 +170,7 @@ def rescore_experiment(planned: PlannedExperiment, runs_dir: Path) -> dict[str, 
     """Re-score a finished run from its final checkpoint with this code's S18.3 scores, after a
     scoring fix, without training; returns the updated record (None when there is no finished
     record of this config to re-score). The losses and wall times stay the run's own."""
-    from param_decomp.jobs.decompose import evaluation, make_source
-    from param_decomp.jobs.evaluate import open_checkpoint
-    from param_decomp.objective import Objective
+    from param_decomp.jobs.evaluate import evaluate_checkpoint, open_checkpoint
 
     runs_dir = Path(runs_dir)
     path = record_path(runs_dir, planned)
@@ -179,28 +178,14 @@ def rescore_experiment(planned: PlannedExperiment, runs_dir: Path) -> dict[str, 
     if record is None or not same_config(record, planned):
         return None
     opened = open_checkpoint(runs_dir / planned.config.run_name, record["steps"], runs_dir)
-    cfg, target = opened.cfg, opened.target
-    target_graphdef, target_state = nnx.split(target)
-    params, target_state = jax.tree.map(jnp.asarray, (opened.params, target_state))
-    source = make_source(cfg, opened.target_cfg, target, None, runs_dir)
-    result = evaluation(
-        cfg,
-        Objective.from_terms(cfg.losses),
-        opened.graphdef,
-        params,
-        target_graphdef,
-        target_state,
-        source,
-    )
-    record["sites"] = score_sites(planned, target, result)
+    result = evaluate_checkpoint(opened)[0]
+    record["sites"] = score_sites(planned, opened.target, result)
     record["rescored"] = {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),
         "checkpoint_step": opened.step,
     }
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, allow_nan=True))
-    tmp.replace(path)
+    write_record(path, record)
     return record
 
 
