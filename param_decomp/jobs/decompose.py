@@ -297,9 +297,11 @@ def run_decompose(
     show_progress: bool = True,
     resume: bool = False,
     overwrite: bool = False,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Train a decomposition as configured (or continue it from its latest checkpoint);
-    returns the evaluation dict (also written to disk)."""
+    returns the evaluation dict (also written to disk). `resume_command`: what a stopped run
+    tells the user to run to continue it (default: this decompose command with --resume)."""
     command = f"param-decomp decompose {config_path} --runs-dir {runs_dir}"
     # S13.1/S13.4: a config that cannot run or fit is refused before its folder is touched
     target_cfg = checked_target_config(cfg, config_path)
@@ -316,7 +318,7 @@ def run_decompose(
             session = build_session(
                 cfg, config_path, runs_dir, show_progress, not resume, target_cfg
             )
-            job = decompose_job(session, f"{command} --resume", show_progress)
+            job = decompose_job(session, resume_command or f"{command} --resume", show_progress)
             # opened after the target exists: a target trained here logs (and closes) first
             logger = stack.enter_context(job_logging(job, resume))
             state, _ = run_job(job, resume, logger)

@@ -122,10 +122,14 @@ def _same_saved_config(run_dir: Path, config: dict[str, Any]) -> bool:
 
 
 def run_experiment(
-    planned: PlannedExperiment, runs_dir: Path, show_progress: bool = True
+    planned: PlannedExperiment,
+    runs_dir: Path,
+    show_progress: bool = True,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Train the target if missing, decompose (continuing an interrupted run of the same
-    config, else from scratch), score, and write the record; returns it."""
+    config, else from scratch), score, and write the record; returns it. `resume_command` is
+    what a stopped run tells the user to run again."""
     from param_decomp.jobs.decompose import load_target, run_decompose
 
     cfg, runs_dir = planned.config, Path(runs_dir)
@@ -138,7 +142,13 @@ def run_experiment(
     )
     started = time.perf_counter()
     result = run_decompose(
-        cfg, planned.config_path, runs_dir, show_progress, resume=resume, overwrite=not resume
+        cfg,
+        planned.config_path,
+        runs_dir,
+        show_progress,
+        resume=resume,
+        overwrite=not resume,
+        resume_command=resume_command,
     )
     wall_s = time.perf_counter() - started
     fast = result["fast_tier"]
@@ -199,6 +209,15 @@ def rescore_all(repro: Reproduction, runs_dir: Path) -> list[str]:
     return done
 
 
+def rerun_command(repro: Reproduction, planned: PlannedExperiment, runs_dir: Path) -> str:
+    """The command that continues a stopped experiment: the reproduction again, this one only,
+    at its budget (a stopped run resumes from its checkpoint, S18.2); not `decompose --resume`,
+    whose run folder would be the config's own run_name."""
+    name = planned.spec.name
+    budget = f" --steps {name}={planned.config.train.steps}" if planned.shortened else ""
+    return f"param-decomp reproduce {repro.path} --runs-dir {runs_dir} --only {name}{budget}"
+
+
 def run_all(repro: Reproduction, runs_dir: Path, show_progress: bool = True) -> list[str]:
     """Run every experiment not done; returns the names run (none on a second invocation)."""
     ran = []
@@ -207,6 +226,6 @@ def run_all(repro: Reproduction, runs_dir: Path, show_progress: bool = True) -> 
             print(f"reproduce: {planned.config.run_name} is done; skipped")
             continue
         print(f"reproduce: running {planned.config.run_name} ({planned.config.train.steps} steps)")
-        run_experiment(planned, runs_dir, show_progress)
+        run_experiment(planned, runs_dir, show_progress, rerun_command(repro, planned, runs_dir))
         ran.append(planned.spec.name)
     return ran

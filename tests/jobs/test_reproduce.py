@@ -21,7 +21,13 @@ from param_decomp.eval.toy_recovery import (
     site_mmcs,
 )
 from param_decomp.study.paper_toys import outcome_problems, render
-from param_decomp.study.reproduce import is_done, record_path, rescore_all, run_all
+from param_decomp.study.reproduce import (
+    is_done,
+    record_path,
+    rerun_command,
+    rescore_all,
+    run_all,
+)
 from param_decomp.study.reproduce_schema import load_reproduction
 from param_decomp.targets.build import build_target
 from param_decomp.targets.tms import FixedIdentity
@@ -135,6 +141,11 @@ def test_tiny_reproduction_runs_skips_and_rerenders(
     repro = load_reproduction(TINY, steps={"tms_5-2-id": 1200}, only=["tms_5-2-id"])
     (planned,) = repro.experiments
     assert run_all(repro, tmp_path, show_progress=False) == ["tms_5-2-id"]
+    # a stopped run is continued by the reproduction itself, not by `decompose --resume`
+    assert rerun_command(repro, planned, tmp_path) == (
+        f"param-decomp reproduce {TINY} --runs-dir {tmp_path} --only tms_5-2-id"
+        " --steps tms_5-2-id=1200"
+    )
     record = json.loads(record_path(tmp_path, planned).read_text())
     sites = record["sites"]
     # the identity is decomposed as its own site, into n_hidden = 2 always-on components
