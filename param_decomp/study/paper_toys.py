@@ -103,13 +103,17 @@ def _summary_row(planned: PlannedExperiment, record: dict | None, runs_dir: Path
     )
 
 
+def _commit_text(c: dict[str, Any] | None) -> str:
+    c = c or {}
+    return c.get("sha", "unknown")[:10] + (" (with uncommitted changes)" if c.get("dirty") else "")
+
+
 def _machine_line(record: dict[str, Any]) -> str:
     m = record.get("machine") or {}
-    c = record.get("commit") or {}
-    sha = c.get("sha", "unknown")[:10] + (" (with uncommitted changes)" if c.get("dirty") else "")
     return (
         f"{m.get('cpu', '?')}, {m.get('cpu_cores', '?')} cores, jax {m.get('jax_version', '?')} "
-        f"on {m.get('devices', '?')}; commit {sha}; finished {record.get('finished', '?')}"
+        f"on {m.get('devices', '?')}; commit {_commit_text(record.get('commit'))}; "
+        f"finished {record.get('finished', '?')}"
     )
 
 
@@ -118,11 +122,10 @@ def _rescored_line(record: dict[str, Any]) -> list[str]:
     again = record.get("rescored")
     if not again:
         return []
-    c = again.get("commit") or {}
-    sha = c.get("sha", "unknown")[:10] + (" (with uncommitted changes)" if c.get("dirty") else "")
     return [
         f"Scores re-computed from the step-{again.get('checkpoint_step', '?')} checkpoint by "
-        f"`--rescore` at commit {sha}, {again.get('when', '?')}; losses and times are the run's."
+        f"`--rescore` at commit {_commit_text(again.get('commit'))}, {again.get('when', '?')}; "
+        "losses and times are the run's."
     ]
 
 

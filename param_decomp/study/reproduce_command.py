@@ -17,10 +17,11 @@ def _steps(value: str) -> tuple[str, int]:
 def add_reproduce_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", help="reproduction YAML, e.g. configs/reproduce/paper.yaml")
     p.add_argument("--runs-dir", default="runs", help="where runs and records go (default: runs)")
-    p.add_argument(
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
         "--render-only", action="store_true", help="run nothing; render the runs that are done"
     )
-    p.add_argument(
+    mode.add_argument(
         "--rescore",
         action="store_true",
         help="train nothing; re-score the finished runs from their final checkpoints, render",
