@@ -99,7 +99,7 @@ def _summary_row(planned: PlannedExperiment, record: dict | None, runs_dir: Path
         verdict = "met (at a shortened budget)"
     return (
         f"| {spec.title} | {budget_label(record)} | {alive} | {errors or '—'} | {mmcs or '—'} "
-        f"| {_duration(record['wall_s'])} | {spec.expect.text} | {verdict} |"
+        f"| {_table_time(record)} | {spec.expect.text} | {verdict} |"
     )
 
 
@@ -129,6 +129,29 @@ def _rescored_line(record: dict[str, Any]) -> list[str]:
     ]
 
 
+def _table_time(record: dict) -> str:
+    if record.get("total_wall_s") is not None:
+        return _duration(record["total_wall_s"])
+    last = _duration(record["wall_s"])
+    return f"{last} (last part)" if record.get("resumed") else last
+
+
+def _decomposition_time(record: dict) -> str:
+    """The whole run's time where every part of a stopped-and-continued run is in its ledger,
+    else the last part's, saying from which step (S18.4)."""
+    last = _duration(record["wall_s"])
+    if not record.get("resumed"):
+        return last
+    if record.get("total_wall_s") is not None:
+        return (
+            f"{_duration(record['total_wall_s'])} in {record['parts']} parts "
+            f"(the last, from step {record['resumed_from_step']}, {last})"
+        )
+    if "resumed_from_step" in record:
+        return f"{last} (resumed at step {record['resumed_from_step']}; this part only)"
+    return f"{last} (resumed; this part only)"
+
+
 def _section(
     planned: PlannedExperiment, record: dict | None, note: str, figure: str | None
 ) -> list[str]:
@@ -140,8 +163,7 @@ def _section(
         f"Run `{record['run_name']}`: {budget_label(record)}." + (f" ({note})" if note else "")
     ]
     lines += [
-        f"Wall time: decomposition {_duration(record['wall_s'])}"
-        + (" (resumed; this part only)" if record.get("resumed") else "")
+        f"Wall time: decomposition {_decomposition_time(record)}"
         + f", target {_duration(record['target_s'])} (training or loading its cache).",
         f"Machine and code: {_machine_line(record)}.",
         *_rescored_line(record),

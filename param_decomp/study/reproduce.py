@@ -18,6 +18,7 @@ from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.eval.toy_recovery import dense_ci_error, identity_ci_error, site_mmcs
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.reproduce_schema import PlannedExperiment, Reproduction
+from param_decomp.study.run_parts import append_part, chain_to, forget_parts, read_parts
 from param_decomp.train.run_dir import has_checkpoints
 
 # the eval losses and fast-tier MSEs a record keeps, when the run has them (S14.4)
@@ -137,20 +138,28 @@ def run_experiment(
     _, target = load_target(cfg, planned.config_path, runs_dir)
     target_s = time.perf_counter() - started
     run_dir = runs_dir / cfg.run_name
-    resume = bool(has_checkpoints(run_dir)) and _same_saved_config(
-        run_dir, cfg.model_dump(mode="json")
-    )
+    saved_steps = has_checkpoints(run_dir)
+    resume = bool(saved_steps) and _same_saved_config(run_dir, cfg.model_dump(mode="json"))
+    from_step = saved_steps[-1] if resume else 0
+    if not resume:
+        forget_parts(run_dir)
     started = time.perf_counter()
-    result = run_decompose(
-        cfg,
-        planned.config_path,
-        runs_dir,
-        show_progress,
-        resume=resume,
-        overwrite=not resume,
-        resume_command=resume_command,
-    )
-    wall_s = time.perf_counter() - started
+    try:
+        result = run_decompose(
+            cfg,
+            planned.config_path,
+            runs_dir,
+            show_progress,
+            resume=resume,
+            overwrite=not resume,
+            resume_command=resume_command,
+        )
+    finally:  # a stopped part is recorded too: its checkpoint is where the next one starts
+        wall_s = time.perf_counter() - started
+        reached = has_checkpoints(run_dir)
+        if run_dir.is_dir():
+            append_part(run_dir, from_step, reached[-1] if reached else from_step, wall_s)
+    chain = chain_to(read_parts(run_dir), cfg.train.steps)
     fast = result["fast_tier"]
     record = {
         "name": planned.spec.name,
@@ -167,6 +176,9 @@ def run_experiment(
         "wall_s": wall_s,
         "target_s": target_s,
         "resumed": resume,
+        "resumed_from_step": from_step,
+        "total_wall_s": sum(part["wall_s"] for part in chain) if chain else None,
+        "parts": len(chain) if chain else None,
         "figure": str(run_dir / "figures" / "causal_importance.png"),
         "finished": datetime.now(UTC).isoformat(timespec="seconds"),
         "commit": commit(),

@@ -29,6 +29,7 @@ from param_decomp.study.reproduce import (
     run_all,
 )
 from param_decomp.study.reproduce_schema import load_reproduction
+from param_decomp.study.run_parts import read_parts
 from param_decomp.targets.build import build_target
 from param_decomp.targets.tms import FixedIdentity
 
@@ -157,6 +158,10 @@ def test_tiny_reproduction_runs_skips_and_rerenders(
         assert sites[site]["mmcs"] > 0.99, sites
     assert record["losses"]["eval/loss/faithfulness"] < 1e-4
     assert record["steps"] == 1200 and record["paper_steps"] == 10_000
+    # one part, from step 0: the whole run's time is known (S18.2)
+    (part,) = read_parts(tmp_path / record["run_name"])
+    assert (part["from_step"], part["to_step"]) == (0, 1200)
+    assert record["total_wall_s"] == part["wall_s"] == record["wall_s"] and record["parts"] == 1
     assert outcome_problems(planned.spec, record) == []
     # a second invocation runs nothing; the write-up labels the shortened run
     assert is_done(planned, tmp_path)
