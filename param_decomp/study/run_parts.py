@@ -51,10 +51,7 @@ def chain_to(parts: list[dict[str, Any]], final_step: int) -> list[dict[str, Any
             return None
         chain.append(part)
         step = part["from_step"]
+    chained = {id(p) for p in chain}
     on_chain = {0, *(p["to_step"] for p in chain)}
-    return [
-        p
-        for p in parts
-        if any(p is q for q in chain)
-        or (p["from_step"] == p["to_step"] and p["to_step"] in on_chain)
-    ]
+    stalled = [p for p in parts if p["from_step"] == p["to_step"] and p["to_step"] in on_chain]
+    return [p for p in parts if id(p) in chained or p in stalled]
