@@ -77,6 +77,14 @@ class Objective:
         """The adversary whose sources live in the train state (at most one: S9.3, S6A.6)."""
         return next((a for a in self.adversaries if a.persistent), None)
 
+    @property
+    def density_target(self) -> Any:
+        """The `density_target` of the importance term that has one (at most one, S7A.3), whose
+        multipliers live in the train state; None without one."""
+        return next(
+            (t.density_target for t in self.terms if getattr(t, "density_target", None)), None
+        )
+
     @classmethod
     def from_terms(
         cls, terms: tuple[LossTerm, ...] | list[LossTerm], remat: tuple[str, ...] | list[str] = ()
@@ -93,6 +101,12 @@ class Objective:
         )
         if sum(a.persistent for a in adversaries) > 1:
             raise ValueError("at most one persistent adversary per objective")
+        constrained = [t.type for t in terms if getattr(t, "density_target", None)]
+        if len(constrained) > 1:
+            raise ValueError(
+                f"a density_target on more than one importance term ({constrained}): the sites' "
+                "multipliers would be ambiguous; keep it on one (S7A.3)"
+            )
         unknown = sorted(set(remat) - set(REMAT_PARTS))
         if unknown:
             raise ValueError(f"remat parts {unknown} unknown; allowed: {list(REMAT_PARTS)}")

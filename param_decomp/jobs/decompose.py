@@ -223,6 +223,8 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
         }
         if state.adversary is not None:  # S6A.6: persistent PGD sources and their moments
             training["adversary"] = state.adversary
+        if state.multipliers is not None:  # S7A.4: a density target's Lagrange multipliers
+            training["multipliers"] = state.multipliers
         return {"decomposition": state.params, "training": training}
 
     batches = session.source.eval_batches(cfg.eval.n_batches, cfg.eval.batch_size)
@@ -265,6 +267,7 @@ def decompose_job(session: Session, resume_hint: str, show_progress: bool) -> Jo
             key=jax.random.wrap_key_data(training["key"], impl=jax.random.key_impl(template.key)),
             first_nonfinite_step=training["first_nonfinite_step"],
             adversary=training.get("adversary"),
+            multipliers=training.get("multipliers"),
         )
 
     return Job(

@@ -59,6 +59,9 @@ class StepContext:
     # sources (no gradient)
     adversarial_outputs: dict[AdversarySpec, list[Array]] = field(default_factory=dict)
     adversary_sources: dict[AdversarySpec, dict[str, Array]] = field(default_factory=dict)
+    # S7A: each site's Lagrange multiplier of a density target (the step's dual ascent owns
+    # them); None outside training or without a density target
+    multipliers: dict[str, Array] | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 from pydantic import Field, PositiveFloat, model_validator
@@ -17,6 +18,12 @@ from pydantic.dataclasses import dataclass
 from pydantic_core import ArgsKwargs
 
 from param_decomp.losses.base import TERM_CONFIG, Needs, StepContext, TermResult
+from param_decomp.losses.density_target import (
+    L0_KEY,
+    MULTIPLIER_KEY,
+    DensityTarget,
+    measured_l0,
+)
 from param_decomp.losses.registry import register_term
 
 Frac = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -114,6 +121,8 @@ def _importance_result(
     freq_block: FrequencyBlock | None,
     f_by_site: dict[str, Array],
     extra: dict,
+    density: DensityTarget | None = None,
+    ctx: StepContext | None = None,
 ) -> TermResult:
     lp = activity(f_by_site)
     parts = {name: lp}
@@ -130,7 +139,36 @@ def _importance_result(
         )
         all_f = jnp.concatenate([f for f in f_by_site.values()])
         metrics["train/frequency/mean_f"] = jnp.mean(all_f)
+    if density is not None and ctx is not None:
+        weighted, density_metrics = _constrained(coeff, freq_block, f_by_site, density, ctx)
+        metrics.update(density_metrics)
     return TermResult(weighted, parts, metrics)
+
+
+def _constrained(
+    coeff: float,
+    freq_block: FrequencyBlock | None,
+    f_by_site: dict[str, Array],
+    density: DensityTarget,
+    ctx: StepContext,
+) -> tuple[Array, dict[str, Array]]:
+    """S7A.1: each site's importance (and frequency) part times its multiplier lambda_s, which
+    the step's dual ascent owns (no gradient flows into it); the site's measured L0 is logged
+    for that ascent. Without multipliers in the context (an evaluation), lambda_s = 1."""
+    multipliers = ctx.multipliers or {}
+    weighted = jnp.zeros((), jnp.float32)
+    metrics: dict[str, Array] = {}
+    for site, f in f_by_site.items():
+        lam = jax.lax.stop_gradient(multipliers.get(site, jnp.ones((), jnp.float32)))
+        per_c = coeff * jnp.ones_like(f)
+        if freq_block is not None:
+            a_ref = freq_block.reference_token_count
+            per_c = per_c + freq_block.coeff * jnp.log2(1.0 + a_ref * f)
+        weighted = weighted + lam * jnp.sum(f * per_c)
+        metrics[MULTIPLIER_KEY + site] = lam
+        C = ctx.ci_lower[site].shape[-1]
+        metrics[L0_KEY + site] = measured_l0(ctx.ci_lower[site], density.threshold) / C
+    return weighted, metrics
 
 
 LEGACY_BETA_HELP = (
@@ -167,6 +205,7 @@ class ImportanceMinimality:
     p_anneal_end_frac: Frac = 1.0
     eps: Annotated[float, Field(ge=0.0)] = 1e-12
     frequency: FrequencyBlock | None = None
+    density_target: DensityTarget | None = None
     type: Literal["importance_minimality"] = "importance_minimality"
 
     @model_validator(mode="before")
@@ -194,6 +233,8 @@ class ImportanceMinimality:
             self.frequency,
             ctx.component_means[psi],
             psi.metrics(ctx.progress),
+            self.density_target,
+            ctx,
         )
 
 
@@ -209,6 +250,7 @@ class SmoothL0:
     gamma_anneal_end_frac: Frac = 1.0
     normalize_at_one: bool = False
     frequency: FrequencyBlock | None = None
+    density_target: DensityTarget | None = None
     type: Literal["smooth_l0"] = "smooth_l0"
 
     @model_validator(mode="before")
@@ -236,4 +278,6 @@ class SmoothL0:
             self.frequency,
             ctx.component_means[psi],
             psi.metrics(ctx.progress),
+            self.density_target,
+            ctx,
         )

@@ -54,7 +54,7 @@ CATEGORY_LABELS = {
     "ci_function": "CI-function params",
     "optimizer": "optimizer state (AdamW moments)",
     "adversary": "persistent adversary state",
-    "scalars": "step, RNG key, NaN marker",
+    "scalars": "step, RNG key, NaN marker, density-target multipliers",
     "batch": "batch",
 }
 
@@ -66,6 +66,7 @@ def array_table(step: AbstractStep) -> list[dict[str, Any]]:
         _leaves(step.state.params, "state.params")
         + _leaves(step.state.opt_state, "state.opt_state")
         + _leaves(step.state.adversary, "state.adversary")
+        + _leaves(step.state.multipliers, "state.multipliers")
         + [("state.step", step.state.step), ("state.key", step.state.key)]
         + [("state.first_nonfinite_step", step.state.first_nonfinite_step)]
         + _leaves(step.target_state, "target")

@@ -21,6 +21,7 @@ from jaxtyping import Array
 
 from param_decomp.config.schema import ComputeDtype
 from param_decomp.decomposition.adversary import adversary_update, init_adversary_state
+from param_decomp.losses.density_target import init_multipliers, update_multipliers
 from param_decomp.objective import Objective
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.train.micro_batches import (
@@ -43,6 +44,8 @@ class DecompState:
     first_nonfinite_step: Array  # -1 until a loss term turns NaN/inf (S11.1)
     # S6A.6: the persistent adversary's {sources, opt_state}; None without a persistent term
     adversary: Any = None
+    # S7A: per-site Lagrange multipliers of a density target; None without one
+    multipliers: Any = None
 
 
 StepFn = Callable[[DecompState, nnx.State, Array], tuple[DecompState, dict[str, Array]]]
@@ -53,6 +56,7 @@ def init_state(
     optimizer: optax.GradientTransformation,
     key: Array,
     adversary: dict[str, Any] | None = None,
+    multipliers: dict[str, Array] | None = None,
 ) -> DecompState:
     return DecompState(
         params=params,
@@ -61,6 +65,7 @@ def init_state(
         key=key,
         first_nonfinite_step=jnp.full((), -1, jnp.int32),
         adversary=adversary,
+        multipliers=multipliers,
     )
 
 
@@ -75,10 +80,12 @@ def objective_loss(
     progress: Array,
     compute_dtype: ComputeDtype = "float32",
     global_means: GlobalMeans | None = None,
+    multipliers: dict[str, Array] | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """Total loss and metrics for one batch; the function the step differentiates (so a bf16
     compute dtype casts in here and the gradients reach the float32 masters, S15.6).
-    `global_means`: a micro-batch's pass reads the global batch's component means (S10.4)."""
+    `global_means`: a micro-batch's pass reads the global batch's component means (S10.4);
+    `multipliers`: a density target's per-site multipliers (S7A)."""
     total, (metrics, _) = objective_loss_and_sources(
         objective,
         graphdef,
@@ -90,6 +97,7 @@ def objective_loss(
         progress,
         compute_dtype=compute_dtype,
         global_means=global_means,
+        multipliers=multipliers,
     )
     return total, metrics
 
@@ -106,6 +114,7 @@ def objective_loss_and_sources(
     adversary_sources: dict[str, Array] | None = None,
     compute_dtype: ComputeDtype = "float32",
     global_means: GlobalMeans | None = None,
+    multipliers: dict[str, Array] | None = None,
 ) -> tuple[Array, tuple[dict[str, Array], dict[str, Array] | None]]:
     """`objective_loss` given the persistent adversary's sources; the aux also returns its
     warmed-up sources (S6A.5), None without a persistent term."""
@@ -117,6 +126,7 @@ def objective_loss_and_sources(
     )
     if global_means is not None:
         ctx.component_means = pin_to_global(objective, ctx.component_means, global_means)
+    ctx.multipliers = multipliers
     total, metrics = objective.evaluate(ctx)
     spec = objective.persistent
     return total, (metrics, ctx.adversary_sources[spec] if spec is not None else None)
@@ -147,6 +157,7 @@ def make_train_step(
         key: Array,
         progress: Array,
         global_means: GlobalMeans | None = None,
+        multipliers: dict[str, Array] | None = None,
     ) -> tuple[Any, dict[str, Array]]:
         """The gradient and metrics of the objective on one batch (or micro-batch, reading the
         global component means, S10.4)."""
@@ -162,6 +173,7 @@ def make_train_step(
                 progress,
                 compute_dtype,
                 global_means,
+                multipliers,
             ),
             has_aux=True,
         )(params)
@@ -186,7 +198,7 @@ def make_train_step(
         def micro_grad(
             p: nnx.State, x: Array, micro_key: Array, f: GlobalMeans | None
         ) -> tuple[Any, dict[str, Array]]:
-            return batch_grads(p, target_state, x, micro_key, progress, f)
+            return batch_grads(p, target_state, x, micro_key, progress, f, state.multipliers)
 
         return accumulated_grads(micro_grad, state.params, micro, key, global_means)
 
@@ -200,7 +212,9 @@ def make_train_step(
             grads, metrics = micro_batched_grads(state, target_state, batch, key, progress)
             adversary = state.adversary
         elif spec is None:
-            grads, metrics = batch_grads(state.params, target_state, batch, key, progress)
+            grads, metrics = batch_grads(
+                state.params, target_state, batch, key, progress, multipliers=state.multipliers
+            )
             adversary = state.adversary
         else:
             # S6A.5: ONE backward gives the params' gradient and the sources' (for the ascent)
@@ -216,6 +230,7 @@ def make_train_step(
                     progress,
                     s,
                     compute_dtype,
+                    multipliers=state.multipliers,
                 ),
                 argnums=(0, 1),
                 has_aux=True,
@@ -232,7 +247,12 @@ def make_train_step(
         )
         metrics = dict(metrics)
         metrics["train/grad_norm"] = optax.tree.norm(grads)
-        new_state = DecompState(params, opt_state, state.step + 1, state.key, first_bad, adversary)
+        multipliers = state.multipliers
+        if objective.density_target is not None:  # S7A.2: the dual step, after the primal's
+            multipliers = update_multipliers(multipliers, metrics, objective.density_target)
+        new_state = DecompState(
+            params, opt_state, state.step + 1, state.key, first_bad, adversary, multipliers
+        )
         return new_state, metrics
 
     return train_step
@@ -305,8 +325,13 @@ def make_init(
     """The initial train state of given params: optimizer state, step, key, adversary (S6A.6)."""
 
     def init(p: nnx.State) -> DecompState:
+        multipliers = init_multipliers(sites) if objective.density_target is not None else None
         return init_state(
-            p, optimizer, key, init_adversary_state(objective.persistent, key, sites, site_C)
+            p,
+            optimizer,
+            key,
+            init_adversary_state(objective.persistent, key, sites, site_C),
+            multipliers,
         )
 
     return init
@@ -326,6 +351,7 @@ def decomp_state_shardings(
         first_nonfinite_step=plan.replicated(),
         # S6A.6: batch-shared sources (width C + 1) and their moments are small: replicated
         adversary=jax.tree.map(lambda _: plan.replicated(), abstract.adversary),
+        multipliers=jax.tree.map(lambda _: plan.replicated(), abstract.multipliers),
     )
 
 
