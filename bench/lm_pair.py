@@ -82,10 +82,10 @@ def prepare() -> None:
     import pyarrow.parquet as pq
 
     sys.path.insert(0, str(REPO / "bench"))
-    import run_bench
+    from bench_common import batch_sampler, load_config, open_session
 
-    cfg = run_bench._config(CONFIG, batch_size=BATCH)
-    sample = run_bench._batches(run_bench._session(cfg, CONFIG))
+    cfg = load_config(CONFIG, batch_size=BATCH)
+    sample = batch_sampler(open_session(cfg, CONFIG))
     windows = np.concatenate([np.asarray(sample(i)) for i in range(N_DATA_BATCHES)])
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     for split, rows in (("train", windows), ("test", windows[: 4 * BATCH])):
@@ -132,7 +132,7 @@ def project(
     env: dict[str, str] | None = None,
 ) -> dict:
     """This project's step on the same folder, in a fresh process (as run_bench.py runs it);
-    `full` adds run_bench's FLOP count, matmul floor and CI-function time (the roofline),
+    `full` adds speed_bench's FLOP count, matmul floor and CI-function time (the roofline),
     `flops` the FLOP counts alone (MFU); `env` is added to the child's environment."""
     cmd = (
         [
@@ -156,11 +156,12 @@ def project(
 
 def _project_worker(steps: int, full: bool, flops: bool = False) -> None:
     sys.path.insert(0, str(REPO / "bench"))
-    import run_bench
+    from roofline import matmul_peak_gflops
+    from speed_bench import SPEED_BENCHES, bench_speed
 
-    run_bench.SPEED_BENCHES["lm_pair"] = {"config": CONFIG, "batch": BATCH, "lm": True}
-    peak = run_bench.matmul_peak_gflops() if full else 0.0
-    result = run_bench.bench_speed(
+    SPEED_BENCHES["lm_pair"] = {"config": CONFIG, "batch": BATCH, "lm": True}
+    peak = matmul_peak_gflops() if full else 0.0
+    result = bench_speed(
         "lm_pair", steps, peak, timing_only=not (full or flops), flops_only=flops and not full
     )
     print(json.dumps(result, default=lambda o: o.model_dump(exclude_none=True)), flush=True)

@@ -25,7 +25,7 @@ import param_decomp  # noqa: F401  (XLA:CPU defaults before the backend starts)
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 
-from run_bench import RUNS_DIR, _batches, _config, _session  # noqa: E402
+from bench_common import RUNS_DIR, batch_sampler, load_config, open_session  # noqa: E402
 
 
 def main() -> int:
@@ -44,13 +44,13 @@ def main() -> int:
     args = parser.parse_args()
 
     updates = {"batch_size": args.batch} if args.batch else {}
-    cfg = _config(args.config, **updates)
+    cfg = load_config(args.config, **updates)
     if args.C:
         cfg = cfg.model_copy(
             update={"decomposition": cfg.decomposition.model_copy(update={"C": args.C})}
         )
-    session = _session(cfg, args.config)
-    step, target_state, sample = session.train_step, session.target_state, _batches(session)
+    session = open_session(cfg, args.config)
+    step, target_state, sample = session.train_step, session.target_state, batch_sampler(session)
     state = session.state
     for i in range(3):
         state, metrics = step(state, target_state, sample(i))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 
 def _add_distributed_args(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("multi-process (see README: Running on many devices)")
+    group = parser.add_argument_group("multi-process (see docs/devices.md)")
     group.add_argument("--coordinator", help="HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS)")
     group.add_argument("--num-processes", type=int, help="total processes (or JAX_NUM_PROCESSES)")
     group.add_argument("--process-id", type=int, help="this process's index (or JAX_PROCESS_ID)")
@@ -288,7 +288,7 @@ def _run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; every expected failure is one message and a documented exit code
-    (README: Reliability), never a traceback."""
+    (docs/reliability.md), never a traceback."""
     from param_decomp.config.errors import ConfigError
     from param_decomp.data.tokenizers import DataError
     from param_decomp.targets.hf.errors import HFCheckpointError, HFExportError
