@@ -28,7 +28,9 @@ KL(target || masked) per position) and `eval/ce_unrecovered/<mask>` (S14.9); toy
 `eval/mse/<mask>` against the target output. Both: `eval/carried/<layer>` (S14.11) and the two
 distances it compares, `eval/{ce|mse}/carry_rounded/<layer>` and `carry_zero/<layer>`; the worst
 layer subset under the stochastic mask (S14.12), `eval/ci_l0/<site>` (CI > threshold),
-`eval/ci_l0_any/<site>` (CI > 0), `eval/ci_l0/mean`, `eval/alive_frac/<site>` and
+`eval/ci_l0_any/<site>` (CI > 0), `eval/ci_l0/mean`, for LMs `eval/carry_gap/<layer>` (nats the
+layer's zero-ablation costs) and `eval/carry_applicable/<layer>` (1, or 0 with carried NaN when
+that gap is under CARRY_MIN_GAP_NATS, S14.13), `eval/alive_frac/<site>` and
 `eval/alive_frac/all` (threshold, S14.6), `eval/alive_mean_ci_frac/<site>` (mean CI > 1e-6).
 """
 
@@ -58,6 +60,9 @@ from param_decomp.targets.token_lm import TokenLM
 
 ROUND_THRESHOLDS = (0.0, 0.1, 0.5)  # the rounded masks: on where ci_lower > t (S14.3)
 CARRY_THRESHOLD = 0.1  # the layer-carry check rounds at this CI (S14.11)
+# S14.13: an LM layer whose zero-ablation costs less than this (nats per token) carries too
+# little for its carried ratio to mean anything: a ratio of two small numbers
+CARRY_MIN_GAP_NATS = 0.05
 ALIVE_MEAN_CI = 1e-6  # alive by mean CI: the reference's count (S14.6)
 MAX_SUBSET_LAYERS = 6  # up to 2^6 - 1 layer subsets; above, single layers and all-but-one
 KEY_OFFSET = 30_000  # the fast tier's fixed key: jax.random.key(seed + KEY_OFFSET)
@@ -423,6 +428,13 @@ def fast_tier(
             reference,
             means[f"layer/{layer}/zero/{metric}"],
         )
+        if lm:  # S14.13: a layer that carries almost nothing is not judged
+            gap = means[f"layer/{layer}/zero/{metric}"] - reference
+            applicable = gap >= CARRY_MIN_GAP_NATS
+            result[f"eval/carry_gap/{layer}"] = gap
+            result[f"eval/carry_applicable/{layer}"] = float(applicable)
+            if not applicable:
+                result[f"eval/carried/{layer}"] = float("nan")
     subset_values = [means[f"subset/{j}/{metric}"] for j in range(len(spec.subsets))]
     worst = int(np.argmax(subset_values))  # S14.12
     result[f"eval/{metric}/stochastic_worst_subset"] = subset_values[worst]

@@ -25,7 +25,7 @@ from param_decomp.data.sources import BatchSource, SparseFeatureSource, TextSour
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.eval.decomposition_eval import evaluate_decomposition
-from param_decomp.eval.fast_tier import fast_tier
+from param_decomp.eval.fast_tier import CARRY_MIN_GAP_NATS, fast_tier
 from param_decomp.eval.figure_tier import figure_tier, step_figure_dir
 from param_decomp.eval.figures import write_figures
 from param_decomp.eval.summary import format_summary_table
@@ -376,7 +376,7 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, object]]:
     for name, value in result["losses"].items():
         rows.append({"site": name, "value": value})
     carried = sorted(k for k in fast if k.startswith("eval/carried/"))
-    rows += [{"site": key, "value": fast[key]} for key in carried]
+    rows += [{"site": key, "value": carried_cell(fast, key)} for key in carried]
     unrecovered = [f"eval/ce_unrecovered/{m}" for m in SUMMARY_MASKS]
     rows += [{"site": key, "value": fast[key]} for key in unrecovered if key in fast]
     for row in rows:
@@ -384,10 +384,20 @@ def summary_rows(result: dict[str, Any]) -> list[dict[str, object]]:
     return rows
 
 
+def carried_cell(fast: dict[str, Any], key: str) -> object:
+    """The carried value, or why it is not applicable (S14.13)."""
+    layer = key.removeprefix("eval/carried/")
+    if fast.get(f"eval/carry_applicable/{layer}", 1.0) == 0.0:
+        gap = fast[f"eval/carry_gap/{layer}"]
+        return f"n/a: zero-ablation costs {gap:.3g} nats (< {CARRY_MIN_GAP_NATS})"
+    return fast[key]
+
+
 def eval_summary(result: dict[str, Any], step: int) -> dict[str, Any]:
     """The JSON of eval.json: alive counts, eval losses, the fast tier, the step evaluated."""
     return {
         "alive": {s: int(a.sum()) for s, a in result["alive"].items()},
+        "C": {s: int(a.size) for s, a in result["alive"].items()},
         "losses": result["losses"],
         "fast_tier": result["fast_tier"],
         "steps": step,

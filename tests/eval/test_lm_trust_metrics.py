@@ -248,3 +248,36 @@ def test_s14_11_carry_separates_a_healthy_layer_from_a_collapsed_one(session: Se
     assert got["eval/carried/layers.1"] == pytest.approx(0.0, abs=1e-4)
     assert got["eval/ci_l0/layers.0.mlp.up"] == 64 and got["eval/ci_l0/layers.1.mlp.up"] == 0
     assert got["eval/ce_unrecovered/ci"] > 0.1  # the collapsed layer costs the whole model
+
+
+def test_s14_13_a_layer_that_carries_almost_nothing_is_not_judged(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """carry_gap is the nats the layer's zero-ablation costs. Judged at the 0.05-nat floor, a
+    layer above it keeps its carried value; with the floor moved above layer 1's gap, layer 1's
+    carried turns NaN, flagged not applicable, and the summary table says why."""
+    from param_decomp.eval import fast_tier as tier
+    from param_decomp.jobs.decompose import carried_cell
+
+    graphdef, params, cfg = _forced(session, {"layers.0": 1.0, "layers.1": 0.0})
+    _, target_state = _host(session)
+    batches = _batches(session)
+    got = fast_tier(cfg, graphdef, params, session.target_graphdef, target_state, batches)
+    for layer in ("layers.0", "layers.1"):
+        gap = got[f"eval/ce/carry_zero/{layer}"] - got["eval/ce/target"]
+        assert got[f"eval/carry_gap/{layer}"] == pytest.approx(gap)
+        assert got[f"eval/carry_applicable/{layer}"] == float(gap >= tier.CARRY_MIN_GAP_NATS)
+    gap1 = got["eval/carry_gap/layers.1"]
+    assert gap1 >= tier.CARRY_MIN_GAP_NATS  # the micro target's layers do carry something
+    assert carried_cell(got, "eval/carried/layers.1") == pytest.approx(0.0, abs=1e-4)
+
+    floor = (gap1 + got["eval/carry_gap/layers.0"]) / 2
+    assert got["eval/carry_gap/layers.0"] > gap1, "the test needs layer 0 to cost more"
+    monkeypatch.setattr(tier, "CARRY_MIN_GAP_NATS", floor)
+    moved = fast_tier(cfg, graphdef, params, session.target_graphdef, target_state, batches)
+    assert moved["eval/carry_applicable/layers.1"] == 0.0
+    assert np.isnan(moved["eval/carried/layers.1"])
+    assert moved["eval/carry_applicable/layers.0"] == 1.0
+    assert moved["eval/carried/layers.0"] == pytest.approx(1.0, abs=1e-4)
+    cell = carried_cell(moved, "eval/carried/layers.1")
+    assert isinstance(cell, str) and cell.startswith("n/a: zero-ablation costs")
