@@ -102,6 +102,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="one line per run, not per log step")
 
     p = sub.add_parser(
+        "sweep",
+        help="run a grid of decomposition configs (cells of overrides) not yet done, then draw "
+        "the sparsity/faithfulness Pareto figure and table",
+    )
+    p.add_argument("config", help="sweep YAML, e.g. configs/sweeps/sparse_faithful.yaml")
+    p.add_argument("--runs-dir", default="runs", help="where run folders go (default: runs)")
+    p.add_argument(
+        "--render-only", action="store_true", help="run nothing; render the cells that are done"
+    )
+    p.add_argument("--only", nargs="+", metavar="CELL", help="run only these cells")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser(
         "reproduce",
         help="the SPD paper's toy experiments: run those not done, write docs/paper_toys.md",
     )
@@ -200,6 +213,25 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.study.reproduce_command import run_reproduce_command
 
         return run_reproduce_command(args)
+    if args.command == "sweep":
+        from param_decomp.study.pareto import render as render_sweep
+        from param_decomp.study.sweep import run_sweep
+        from param_decomp.study.sweep_schema import load_sweep
+
+        sweep = load_sweep(args.config)
+        unknown = sorted(set(args.only or []) - {c.cell.name for c in sweep.cells})
+        if unknown:
+            names = [c.cell.name for c in sweep.cells]
+            print(
+                f"error: --only {unknown}: no such cell in {args.config}; cells: {names}",
+                file=sys.stderr,
+            )
+            return 2
+        if not args.render_only:
+            run_sweep(sweep, Path(args.runs_dir), args.only, quiet=args.quiet)
+        md, plot, curves = render_sweep(sweep, Path(args.runs_dir), args.config)
+        print(f"sweep {sweep.config.name}: wrote {md}, {plot} and {curves}")
+        return 0
     if args.command == "study":
         from param_decomp.study.grid import run_grid
         from param_decomp.study.render import render
