@@ -127,8 +127,13 @@ def _resolve(cfg: SweepConfig, path: Path) -> list[PlannedCell]:
         run_name = f"{cfg.name}__{cell.name}"
         try:
             data = with_overrides(base, cell.overrides) | {"run_name": run_name}
+            if data.get("target") != base.get("target"):  # a cell's own target: beside the sweep
+                data = _absolute_target(data, path, path)
         except KeyError as err:
             problems.append((f"{where} overrides", str(err.args[0])))
+            continue
+        except ConfigError as err:
+            problems += [(f"{where} overrides target", m) for _, m in err.problems]
             continue
         try:
             resolved = decompose_config_from_data(data, path)
