@@ -30,8 +30,9 @@ def load_any_config(path: str | Path) -> BaseModel:
     data = read_yaml(path)
     if "model" in data:
         model = data["model"]
-        kind = yaml_kind(model.get("type") if isinstance(model, dict) else None, path)
-        if kind.source == "pretrained":
+        if not isinstance(model, dict):  # the schema names the key and what it must be
+            return _target_from_data(data, path)
+        if yaml_kind(model.get("type"), path).source == "pretrained":
             return load_pretrain_config(path)
         return _target_from_data(data, path)
     if "decomposition" in data:

@@ -17,12 +17,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+import yaml
 from flax import nnx
 from target_matrix import QWEN3, TARGETS, slug, write_decompose_yaml, write_target_yaml
 
 import param_decomp.harvest as harvest
 from param_decomp.browse.layout import component_path, site_slugs
 from param_decomp.cli import main
+from param_decomp.config.any_config import load_any_config
+from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.target_kinds import JOBS, KINDS, kind_named, refusal
 from param_decomp.jobs.decompose import load_target, new_decomposition
@@ -100,6 +103,15 @@ def test_docs_table_is_the_registry() -> None:
     for kind in KINDS:
         expect = ["no" if refusal(kind, job) else "yes" for job in JOBS]
         assert table[kind.name] == expect, kind.name
+
+
+def test_an_unknown_model_type_names_the_registered_ones(tmp_path: Path) -> None:
+    path = tmp_path / "t.yaml"
+    path.write_text(yaml.safe_dump({"run_name": "t", "model": {"type": "mamba"}}))
+    with pytest.raises(ConfigError) as err:
+        load_any_config(path)
+    allowed = ", ".join(k.name for k in KINDS if k.source != "hf")
+    assert f"model.type: 'mamba' is not a target type: {allowed}" in str(err.value)
 
 
 def _refused(argv: list[str], capsys: pytest.CaptureFixture, job: str) -> None:
