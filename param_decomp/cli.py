@@ -195,16 +195,20 @@ def _run(args: argparse.Namespace) -> int:
         "overwrite": getattr(args, "overwrite", False),
     }
     if args.command == "train-target":
+        from param_decomp.config.any_config import load_job_target
         from param_decomp.jobs.train_target import train_target
 
+        load_job_target(args.config, "train-target")  # an LM YAML: one sentence, exit 2
         cfg = load_target_config(args.config)
         check_logging_available(cfg.logging, args.config)
         train_target(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "pretrain":
+        from param_decomp.config.any_config import load_job_target
         from param_decomp.config.pretrain_schema import load_pretrain_config
         from param_decomp.jobs.pretrain import pretrain
 
+        load_job_target(args.config, "pretrain")  # a toy YAML: one sentence, exit 2
         cfg = load_pretrain_config(args.config)
         check_logging_available(cfg.logging, args.config)
         pretrain(cfg, Path(args.runs_dir), config_path=args.config, **folder)
@@ -304,6 +308,12 @@ def _run(args: argparse.Namespace) -> int:
         from param_decomp.browse.site import write_site
         from param_decomp.browse.tables import BrowseError
 
+        run_dir = Path(args.run_dir)
+        if not (run_dir / "harvest").exists() and (run_dir / "checkpoints").is_dir():
+            from param_decomp.config.target_kinds import refuse
+            from param_decomp.jobs.evaluate import run_target_kind
+
+            refuse(run_target_kind(run_dir), "browse", run_dir, key="target")  # a toy's run
         try:
             out = Path(args.out) if args.out else None
             site = write_site(Path(args.run_dir), out, args.step)

@@ -1,4 +1,5 @@
-"""Any config file by its kind: a target, a pretrained LM's target or a decomposition.
+"""Any config file by its kind: a target, a pretrained LM's target or a decomposition (the
+target kinds are `target_kinds.py`'s registry).
 
 Above both `loading.py` and `pretrain_schema.py` (which imports `loading`), so the dispatch
 between them closes no import circle.
@@ -18,16 +19,20 @@ from param_decomp.config.loading import (
     read_yaml,
 )
 from param_decomp.config.pretrain_schema import load_pretrain_config
+from param_decomp.config.target_kinds import refuse, yaml_kind
 
 
 @config_boundary
 def load_any_config(path: str | Path) -> BaseModel:
-    """A target config (has `model`; a `llama` model is pretrained, so it is a pretrain config)
-    or a decompose config (has `decomposition`)."""
+    """A target config (has `model`: a toy's train-target config, or for an LM kind of the
+    registry a pretrain config) or a decompose config (has `decomposition`). An unknown
+    `model.type` is a ConfigError naming the registered ones."""
     data = read_yaml(path)
     if "model" in data:
         model = data["model"]
-        if isinstance(model, dict) and model.get("type") == "llama":
+        if not isinstance(model, dict):  # the schema names the key and what it must be
+            return _target_from_data(data, path)
+        if yaml_kind(model.get("type"), path).source == "pretrained":
             return load_pretrain_config(path)
         return _target_from_data(data, path)
     if "decomposition" in data:
@@ -42,3 +47,13 @@ def load_any_config(path: str | Path) -> BaseModel:
             )
         ],
     )
+
+
+def load_job_target(path: str | Path, job: str) -> BaseModel:
+    """The target YAML that `train-target` or `pretrain` (`job`) trains, refused in one sentence
+    (ConfigError, nothing written) when the job does not apply to its kind."""
+    cfg = load_any_config(path)
+    if not hasattr(cfg, "model"):
+        raise ConfigError(path, [("", f"`{job}` reads a target config (with a `model:` block)")])
+    refuse(yaml_kind(cfg.model.type, path), job, path)
+    return cfg

@@ -37,7 +37,7 @@ from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.hf.config_map import HFTargetSpec
 from param_decomp.targets.hf.load import load_hf_target
-from param_decomp.targets.target_config import resolve_target_config
+from param_decomp.targets.target_config import resolve_target_config, target_kind
 from param_decomp.train.loggers import MetricsLogger, NoLogger, check_logging_available
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.run_dir import RUNS_DIR, prepare_run_dir
@@ -107,14 +107,15 @@ def load_target(
     an hf folder's headers are not read again."""
     if target_cfg is None:
         target_cfg = resolve_target_config(cfg, config_path)
-    if isinstance(target_cfg, HFTargetSpec):
-        target = load_hf_target(target_cfg, plan.target_shardings if plan is not None else None)
-    elif isinstance(target_cfg, PretrainConfig):
-        target = load_pretrained(target_cfg, runs_dir, str(cfg.target))
-    elif isinstance(target_cfg, TargetConfig):
-        target = load_or_train_target(target_cfg, runs_dir, str(cfg.target))
-    else:
+    if not isinstance(target_cfg, HFTargetSpec | PretrainConfig | TargetConfig):
         raise ConfigError(config_path, [("target", f"{cfg.target} is not a target config")])
+    source = target_kind(target_cfg).source
+    if source == "hf":
+        target = load_hf_target(target_cfg, plan.target_shardings if plan is not None else None)
+    elif source == "pretrained":
+        target = load_pretrained(target_cfg, runs_dir, str(cfg.target))
+    else:
+        target = load_or_train_target(target_cfg, runs_dir, str(cfg.target))
     _resolve_sites(cfg, target.site_weights(), config_path)
     return target_cfg, target
 
@@ -140,7 +141,7 @@ def make_source(
 ) -> BatchSource:
     """Training and eval batches: windows of the pretraining corpus (or an hf target's text
     block) for LM targets, sparse features for toys."""
-    if isinstance(target_cfg, PretrainConfig | HFTargetSpec):
+    if target_kind(target_cfg).lm:
         return TextSource(target_cfg, cfg.train.batch_size, cfg.seed, batch_sharding, runs_dir)
     data = cfg.data or target_cfg.data
     return SparseFeatureSource(

@@ -24,6 +24,7 @@ from param_decomp.config.any_config import load_any_config
 from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, HFTarget, TargetConfig
+from param_decomp.config.target_kinds import TargetKind
 from param_decomp.eval.figure_tier import TOKEN_HTML, figure_tier, step_figure_dir
 from param_decomp.eval.summary import format_summary_table
 from param_decomp.jobs.decompose import (
@@ -34,6 +35,8 @@ from param_decomp.jobs.decompose import (
     new_decomposition,
 )
 from param_decomp.objective import Objective
+from param_decomp.targets.hf.config_map import hf_target_spec
+from param_decomp.targets.target_config import target_kind
 from param_decomp.train.checkpoint import restore_item, restore_json
 from param_decomp.train.run_dir import RunDirError, has_checkpoints, target_run_dir
 
@@ -71,6 +74,15 @@ def saved_config(run_dir: Path, step: int) -> DecomposeConfig:
     if not source.exists():
         raise RunDirError(f"{source} not found: checkpoint step {step} has no saved config")
     return decompose_config_from_data(restore_json(run_dir / "checkpoints", step, "config"), source)
+
+
+def run_target_kind(run_dir: Path) -> TargetKind:
+    """The registry kind of the target a decomposition run folder decomposes (from its latest
+    checkpoint's saved config; an hf folder's config.json is read, no weight)."""
+    cfg = saved_config(run_dir, checkpoint_step(run_dir, None))
+    if isinstance(cfg.target, HFTarget):
+        return target_kind(hf_target_spec(cfg.target, cfg.data))
+    return target_kind(load_any_config(cfg.target))
 
 
 def require_trained_target(cfg: DecomposeConfig, runs_dir: Path) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from param_decomp.config.pretrain_schema import pretrain_schema_from_data
+from param_decomp.config.target_kinds import YAML_KINDS, refusal
 from param_decomp.data.token_store import build_tokenizer
 from param_decomp.data.tokenizer_convert import to_hf_tokenizer, write_tokenizer_files
 from param_decomp.targets.build import build_lm
@@ -23,8 +24,6 @@ from param_decomp.targets.hf.errors import HFExportError
 from param_decomp.targets.hf.write import export_problems, write_model_files
 from param_decomp.train.checkpoint import restore_module
 from param_decomp.train.run_dir import RunDirError, has_checkpoints
-
-LM_TYPES = ("llama", "gpt2")
 
 
 def _saved_config(run_dir: Path) -> tuple[Path, dict]:
@@ -57,9 +56,10 @@ def export_run(
     run_dir, out = Path(run_dir), Path(out)
     saved, raw = _saved_config(run_dir)
     model_type = raw.get("model", {}).get("type") if isinstance(raw.get("model"), dict) else None
-    if model_type not in LM_TYPES:
-        msg = f"{model_type!r}: export writes LM targets ({', '.join(LM_TYPES)})"
-        raise HFExportError(saved, [("model.type", msg)])
+    kind = YAML_KINDS.get(model_type) if isinstance(model_type, str) else None
+    why = refusal(kind, "export") if kind else f"{model_type!r} is not a target type"
+    if why is not None:
+        raise HFExportError(saved, [("model.type", why)])
     cfg = pretrain_schema_from_data(raw, saved)
     problems = export_problems(cfg.model)
     if problems:

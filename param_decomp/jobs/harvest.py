@@ -30,6 +30,7 @@ from jax.experimental import multihost_utils
 from param_decomp.config.loading import mesh_problems
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig
+from param_decomp.config.target_kinds import refuse
 from param_decomp.data.pipeline import TextBatches
 from param_decomp.data.token_store import TokenStore, prepare_tokens
 from param_decomp.harvest import store
@@ -46,6 +47,7 @@ from param_decomp.objective import Objective
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.hf.config_map import HFTargetSpec
+from param_decomp.targets.target_config import target_kind
 from param_decomp.train.run_dir import RunDirError
 from param_decomp.train.run_loop import STOP, Preempted, is_main_process
 
@@ -71,10 +73,7 @@ def open_run(run_dir: Path, step: int | None = None, runs_dir: Path | None = Non
     target (never trained here)."""
     run_dir = Path(run_dir)
     opened = open_checkpoint(run_dir, step, runs_dir)
-    if not isinstance(opened.target_cfg, PretrainConfig | HFTargetSpec):
-        raise RunDirError(
-            f"{run_dir} decomposes a toy target: a harvest reads token contexts, LM runs only"
-        )
+    refuse(target_kind(opened.target_cfg), "harvest", run_dir, key="target")
     return OpenRun(
         run_dir,
         opened.runs_dir,

@@ -12,8 +12,8 @@ import numpy as np
 import optax
 from flax import nnx
 
-from param_decomp.config.errors import ConfigError
-from param_decomp.config.schema import GPT2Model, LlamaModel, TargetConfig
+from param_decomp.config.schema import TargetConfig
+from param_decomp.config.target_kinds import refuse, yaml_kind
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.jobs.target_cache import cached_or_trained
 from param_decomp.targets.build import build_target
@@ -32,17 +32,7 @@ def train_target(
 ) -> nnx.Module:
     """Train with MSE against the target's labels on fresh sparse batches (a pure function of
     (seed, step)), in the shared run loop; the final step's item `model` is the target."""
-    if isinstance(cfg.model, LlamaModel | GPT2Model):  # an LM learns from text, not features
-        raise ConfigError(
-            f"target {cfg.run_name!r}",
-            [
-                (
-                    "model.type",
-                    "llama targets are not trained here: run `param-decomp pretrain <config>` "
-                    "with a pretrain config (e.g. configs/targets/llama_tiny.yaml) first",
-                )
-            ],
-        )
+    refuse(yaml_kind(cfg.model.type), "train-target", f"target {cfg.run_name!r}")
     out_dir = target_run_dir(cfg.run_name, runs_dir)
     command = f"param-decomp train-target {config_path} --runs-dir {runs_dir}"
     with STOP.installed():

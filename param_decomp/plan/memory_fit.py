@@ -37,7 +37,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.loading import resolve_mesh_shape
 from param_decomp.config.pretrain_schema import PretrainConfig
-from param_decomp.config.schema import DecomposeConfig, GPT2Model, LlamaModel, TargetConfig
+from param_decomp.config.schema import DecomposeConfig, TargetConfig
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
 from param_decomp.sharding.mesh import AXES
@@ -45,6 +45,7 @@ from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.build import build_lm, build_target
 from param_decomp.targets.hf.config_map import HFTargetSpec
 from param_decomp.targets.hf.load import abstract_hf_target
+from param_decomp.targets.target_config import target_kind
 from param_decomp.targets.token_lm import INDEX_SITES
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import moment_shardings
@@ -139,11 +140,12 @@ TargetSpec = TargetConfig | PretrainConfig | HFTargetSpec
 def abstract_target_parts(target_cfg: TargetSpec) -> tuple[nnx.GraphDef, Any]:
     """(graphdef, abstract full target state) without building any array: the target's
     constructor traced by `nnx.eval_shape`; an hf target in the dtype it is loaded in."""
-    if isinstance(target_cfg, HFTargetSpec):
+    source = target_kind(target_cfg).source
+    if source == "hf":
         return abstract_hf_target(target_cfg)
 
     def build() -> Any:
-        if isinstance(target_cfg, PretrainConfig):
+        if source == "pretrained":
             return build_lm(target_cfg.model, target_cfg.seed)
         return build_target(target_cfg)
 
@@ -159,12 +161,10 @@ def _abstract_target(target_cfg: TargetSpec) -> tuple[Any, dict[str, Any]]:
 
 def _lm_fields(target_cfg: TargetSpec) -> tuple[int, int, int] | None:
     """(tokens per batch row, vocab size, heads) of an LM target; None for a toy target."""
-    model = target_cfg.model
-    if not isinstance(model, LlamaModel | GPT2Model):
+    if not target_kind(target_cfg).lm:
         return None
-    windowed = isinstance(target_cfg, PretrainConfig | HFTargetSpec)
-    seq_len = target_cfg.seq_len if windowed else model.seq_len
-    return seq_len, model.vocab_size, model.n_heads
+    model = target_cfg.model
+    return target_cfg.seq_len, model.vocab_size, model.n_heads
 
 
 def activation_bytes(

@@ -27,16 +27,14 @@ from param_decomp.config.schema import (
     LlamaModel,
     TextData,
 )
+from param_decomp.config.target_kinds import HF_KINDS
 from param_decomp.targets.hf.errors import HFCheckpointError
 
 Family = Literal["llama", "qwen3", "gpt2"]
 
-# model_type -> the architectures (config.json `architectures`) it is read as
-SUPPORTED: dict[str, tuple[str, ...]] = {
-    "llama": ("LlamaForCausalLM", "LlamaModel"),
-    "qwen3": ("Qwen3ForCausalLM", "Qwen3Model"),
-    "gpt2": ("GPT2LMHeadModel", "GPT2Model"),
-}
+# model_type -> the architectures (config.json `architectures`) it is read as: the hf kinds of
+# the target registry (config/target_kinds.py)
+SUPPORTED: dict[str, tuple[str, ...]] = {t: kind.architectures for t, kind in HF_KINDS.items()}
 # Decomposition windows of an hf target when `data.seq_len` is omitted (capped by the model's
 # positions): a published model's context (often 8k-128k) is far longer than a decomposition
 # needs per step.
