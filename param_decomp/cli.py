@@ -332,8 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; every expected failure is one message and a documented exit code
     (docs/reliability.md), never a traceback."""
     from param_decomp.config.errors import ConfigError
-    from param_decomp.data.tokenizers import DataError
     from param_decomp.targets.hf.errors import HFCheckpointError, HFExportError
+    from param_decomp.text.tokenizers import DataError
     from param_decomp.train.checkpoint import CheckpointError
     from param_decomp.train.run_dir import RunDirError
     from param_decomp.train.run_loop import (
