@@ -55,9 +55,10 @@ def write_result(result: dict[str, Any], out_dir: Path = RESULTS_DIR) -> Path:
 def load_config(path: str, **train_updates: Any) -> Any:
     """A decomposition config without its faithfulness warm-up, which does not change the cost
     of a step."""
-    from param_decomp.config import loading, schema
+    from param_decomp.config import schema
+    from param_decomp.runconfig.decompose import load_decompose_config
 
-    cfg = loading.load_decompose_config(path)
+    cfg = load_decompose_config(path)
     train = cfg.train.model_copy(
         update={"faithfulness_warmup": schema.FaithfulnessWarmup(steps=0), **train_updates}
     )

@@ -22,11 +22,11 @@ def bench_harvest(tokens: int = HARVEST_TOKENS) -> dict[str, Any]:
     many tokens fire. `tokens_per_s` leaves out the first batch (the compilation)."""
     import tempfile
 
-    from param_decomp.config.loading import load_decompose_config
     from param_decomp.config.pretrain_schema import load_pretrain_config
     from param_decomp.harvest.settings import HarvestSettings
     from param_decomp.jobs.decompose import new_decomposition
     from param_decomp.jobs.harvest import OpenRun, harvest
+    from param_decomp.runconfig.decompose import load_decompose_config
     from param_decomp.targets.build import build_lm
 
     cfg = load_decompose_config(HARVEST_CONFIG)

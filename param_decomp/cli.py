@@ -187,7 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from param_decomp.config.loading import load_decompose_config, load_target_config
+    from param_decomp.config.loading import load_target_config
+    from param_decomp.runconfig.decompose import load_decompose_config
     from param_decomp.train.loggers import check_logging_available
 
     folder = {
@@ -195,8 +196,8 @@ def _run(args: argparse.Namespace) -> int:
         "overwrite": getattr(args, "overwrite", False),
     }
     if args.command == "train-target":
-        from param_decomp.config.any_config import load_job_target
         from param_decomp.jobs.train_target import train_target
+        from param_decomp.runconfig.any_config import load_job_target
 
         load_job_target(args.config, "train-target")  # an LM YAML: one sentence, exit 2
         cfg = load_target_config(args.config)
@@ -204,9 +205,9 @@ def _run(args: argparse.Namespace) -> int:
         train_target(cfg, Path(args.runs_dir), config_path=args.config, **folder)
         return 0
     if args.command == "pretrain":
-        from param_decomp.config.any_config import load_job_target
         from param_decomp.config.pretrain_schema import load_pretrain_config
         from param_decomp.jobs.pretrain import pretrain
+        from param_decomp.runconfig.any_config import load_job_target
 
         load_job_target(args.config, "pretrain")  # a toy YAML: one sentence, exit 2
         cfg = load_pretrain_config(args.config)
@@ -332,8 +333,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command; every expected failure is one message and a documented exit code
     (docs/reliability.md), never a traceback."""
     from param_decomp.config.errors import ConfigError
-    from param_decomp.data.tokenizers import DataError
     from param_decomp.targets.hf.errors import HFCheckpointError, HFExportError
+    from param_decomp.text.tokenizers import DataError
     from param_decomp.train.checkpoint import CheckpointError
     from param_decomp.train.run_dir import RunDirError
     from param_decomp.train.run_loop import (

@@ -87,10 +87,10 @@ def trained_targets(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., P
     """`install(runs_dir, *target_yamls)`: the targets trained (or pretrained) once per test
     process, by the same jobs a decomposition runs, then copied into `runs_dir/targets/`
     where `decompose` finds them cached. Tests of the target training itself do not use it."""
-    from param_decomp.config.any_config import load_any_config
     from param_decomp.config.pretrain_schema import PretrainConfig
     from param_decomp.jobs.pretrain import load_pretrained
     from param_decomp.jobs.train_target import load_or_train_target
+    from param_decomp.runconfig.any_config import load_any_config
     from param_decomp.train.run_dir import target_run_dir
 
     cache = tmp_path_factory.mktemp("trained_targets")

@@ -1,7 +1,8 @@
 """Read and validate config YAML; every problem becomes a ConfigError naming file and key.
 
-All checks that can fail on the config alone (schema, loss list, target file, mesh vs. device
-count) run here, before anything is built or compiled.
+All checks that can fail on the config alone (schema, target file, mesh vs. device count) run
+here, before anything is built or compiled; a decompose config's `losses:` list is validated
+against the loss registry one floor above the losses (`runconfig/decompose.py`).
 
 SPEC S11.3: whatever the file holds (binary junk, invalid UTF-8, YAML bombs, deep nesting, huge
 numbers, `.inf`), a loader returns a validated config or raises ConfigError naming the file,
@@ -10,7 +11,6 @@ never another exception, and writes nothing to disk.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import stat
@@ -20,15 +20,12 @@ from typing import Any, TypeVar
 
 import pydantic
 import yaml
-from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
 from param_decomp.config.schema import (
     DecomposeConfig,
-    HFTarget,
     HFTokenizerSpec,
     Mesh,
-    SparseFeatureData,
     TargetConfig,
     TextData,
 )
@@ -250,27 +247,6 @@ def config_boundary(
     return guarded
 
 
-def _nonfinite_problems(obj: Any, loc: tuple[str | int, ...]) -> list[tuple[str, str]]:
-    """Every inf/nan float in a validated object (term dataclasses accept them by default)."""
-    if isinstance(obj, float):
-        return [] if math.isfinite(obj) else [(format_path(loc), f"must be finite, got {obj}")]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        children: list[tuple[str | int, Any]] = [
-            (f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj)
-        ]
-    elif isinstance(obj, BaseModel):
-        children = [(name, getattr(obj, name)) for name in type(obj).model_fields]
-    elif isinstance(obj, list | tuple):
-        children = list(enumerate(obj))
-    elif isinstance(obj, dict):
-        children = [(str(k), v) for k, v in obj.items()]
-    else:
-        return []
-    return [
-        problem for seg, child in children for problem in _nonfinite_problems(child, (*loc, seg))
-    ]
-
-
 # ----------------------------------------------------------------------------- targets
 
 
@@ -287,44 +263,7 @@ def load_target_config(path: str | Path) -> TargetConfig:
     return _target_from_data(read_yaml(path), path)
 
 
-# ----------------------------------------------------------------------------- decompositions
-
-
-def _resolve_target(target: str, config_path: Path, folder: bool = False) -> Path | None:
-    """The target YAML (or, with `folder`, an hf model folder): relative to the working
-    directory first, then to the config's folder.
-
-    Raises one of PATH_CHECK_ERRORS when a candidate cannot even be looked at.
-    """
-    given = Path(target).expanduser()
-    candidates = [given] if given.is_absolute() else [given, config_path.parent / given]
-    for candidate in candidates:
-        if candidate.is_dir() if folder else candidate.is_file():
-            return candidate.resolve()
-    return None
-
-
-def _hf_folder_problems(hf: str, config_path: Path) -> tuple[Path | None, list[tuple[str, str]]]:
-    """(resolved folder, problems) of `target: {hf: ...}`: it must be a folder holding
-    config.json (S17.1); the rest of the checkpoint is checked when the target is read."""
-    try:
-        resolved = _resolve_target(hf, config_path, folder=True)
-        if resolved is None:
-            where = str(config_path.parent) or "."
-            msg = (
-                f"folder {short_repr(hf, 200)} not found (looked in the working directory "
-                f"and in {where}/)"
-            )
-            return None, [("target.hf", msg)]
-        if not (resolved / "config.json").is_file():
-            msg = (
-                f"folder {resolved} has no config.json (a Hugging Face model folder holds "
-                "config.json and *.safetensors)"
-            )
-            return None, [("target.hf", msg)]
-    except PATH_CHECK_ERRORS as err:
-        return None, [("target.hf", path_check_problem(hf, err))]
-    return resolved, []
+# ----------------------------------------------------------------------------- hf targets
 
 
 def with_folder_tokenizer(data: TextData | None, folder: Path) -> TextData | None:
@@ -336,105 +275,6 @@ def with_folder_tokenizer(data: TextData | None, folder: Path) -> TextData | Non
         return data
     spec = HFTokenizerSpec(kind="hf", path=str(folder))
     return (data or TextData()).model_copy(update={"tokenizer": spec})
-
-
-def _validate_terms(adapter: Any, raw_losses: list) -> tuple[list[Any], list[tuple[str, str]]]:
-    """(terms, problems) of the `losses:` list. A term validator that fails with an arithmetic
-    error (float() of a 400-digit int) is pinned to its entry by validating each one alone."""
-    try:
-        return adapter.validate_python(raw_losses), []
-    except pydantic.ValidationError as err:
-        return [], format_validation_error(err, adapter, prefix=("losses",), data=raw_losses)
-    except ArithmeticError:
-        pass
-    problems: list[tuple[str, str]] = []
-    for i, entry in enumerate(raw_losses):
-        try:
-            adapter.validate_python([entry])
-        except pydantic.ValidationError as err:
-            for key, msg in format_validation_error(err, adapter, data=[entry]):
-                problems.append((f"losses[{i}]" + key.removeprefix("[0]"), msg))
-        except ArithmeticError as err:
-            problems.append((f"losses[{i}]", f"a number is out of range ({err})"))
-    return [], problems or [("losses", "a number is out of range")]
-
-
-def _micro_batch_term_problems(micro_batches: int, terms: list[Any]) -> list[tuple[str, str]]:
-    """S10.4: an adversarial term's ascent would see one micro-batch, not the batch."""
-    adversarial = [t.type for t in terms if t.needs().adversary is not None]
-    if micro_batches == 1 or not adversarial:
-        return []
-    msg = (
-        f"{micro_batches} micro-batches cannot be used with the adversarial term(s) "
-        f"{', '.join(adversarial)}: their ascent would see one micro-batch, not the batch; "
-        "set train.micro_batches: 1 or drop the adversarial terms"
-    )
-    return [("train.micro_batches", msg)]
-
-
-def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
-    from param_decomp.losses.registry import loss_list_adapter
-
-    problems: list[tuple[str, str]] = []
-    cfg: DecomposeConfig | None = None
-    try:
-        cfg = DecomposeConfig.model_validate(data)
-    except pydantic.ValidationError as err:
-        problems += format_validation_error(err, DecomposeConfig, data=data)
-
-    # Validate the loss list even when the rest failed, so one run reports every problem.
-    terms: list[Any] = []
-    raw_losses = data.get("losses")
-    if isinstance(raw_losses, list) and raw_losses:
-        terms, term_problems = _validate_terms(loss_list_adapter(), raw_losses)
-        problems += term_problems
-        problems += _nonfinite_problems(terms, ("losses",))
-
-    target = data.get("target")
-    resolved: Path | None = None
-    if isinstance(target, str) and target:
-        try:
-            resolved = _resolve_target(target, Path(path))
-            if resolved is None:
-                folder = str(Path(path).parent) or "."
-                problems.append(
-                    (
-                        "target",
-                        f"file {short_repr(target, 200)} not found (looked in the working "
-                        f"directory and in {folder}/)",
-                    )
-                )
-        except PATH_CHECK_ERRORS as err:
-            problems.append(("target", path_check_problem(target, err)))
-
-    hf_folder: Path | None = None
-    if isinstance(target, dict) and isinstance(target.get("hf"), str) and target["hf"]:
-        hf_folder, hf_problems = _hf_folder_problems(target["hf"], Path(path))
-        problems += hf_problems
-
-    if cfg is not None:
-        problems += _micro_batch_term_problems(cfg.train.micro_batches, terms)
-    if problems or cfg is None:
-        raise ConfigError(path, problems or [("", "invalid config")])
-    if isinstance(cfg.target, HFTarget):
-        assert hf_folder is not None and not isinstance(cfg.data, SparseFeatureData)
-        hf_target = cfg.target.model_copy(update={"hf": str(hf_folder)})
-        data = with_folder_tokenizer(cfg.data, hf_folder)
-        return cfg.model_copy(update={"losses": terms, "target": hf_target, "data": data})
-    return cfg.model_copy(update={"losses": terms, "target": str(resolved)})
-
-
-@config_boundary
-def load_decompose_config(path: str | Path) -> DecomposeConfig:
-    """Validated `decompose` config: `losses` holds term objects, `target` an existing path
-    (a target YAML, or an hf block whose `hf` is a folder holding config.json)."""
-    return _decompose_from_data(read_yaml(path), path)
-
-
-def decompose_config_from_data(data: dict, source: str | Path) -> DecomposeConfig:
-    """A validated `decompose` config from an already parsed mapping (a checkpoint's saved
-    config); a problem is a ConfigError naming `source`."""
-    return _decompose_from_data(data, source)
 
 
 # ----------------------------------------------------------------------------- mesh

@@ -36,11 +36,11 @@ from param_decomp.config.schema import (
     TextData,
 )
 
-# Upward, by design (README: Imports): data/ owns the corpus catalogue and the tokenizers; the
-# config layer reads them to refuse a bad corpus name or a vocabulary mismatch at load time.
-from param_decomp.data.corpora import CORPUS_NAMES, corpus_path_exists
-from param_decomp.data.hf_tokenizer import HFTokenizer
-from param_decomp.data.tokenizers import TOKENIZER_VOCAB, DataError, SentencePieceTokenizer
+# The ground floor (text/) holds the corpus catalogue and the tokenizers: the config refuses a
+# bad corpus name or a vocabulary mismatch at load time.
+from param_decomp.text.catalogue import CORPUS_NAMES, corpus_path_exists
+from param_decomp.text.hf_tokenizer import HFTokenizer
+from param_decomp.text.tokenizers import TOKENIZER_VOCAB, DataError, SentencePieceTokenizer
 
 # Validation context key: the loader runs the cross-block checks itself so each problem is
 # reported under its own dotted key instead of one root-level message.

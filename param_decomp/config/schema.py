@@ -24,8 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-# Upward, by design (README: Imports): the default corpus is data/'s, the config only names it.
-from param_decomp.data.corpora import DEFAULT_CORPUS
+# The ground floor (text/) holds the corpus catalogue: a `data:` block's default corpus.
+from param_decomp.text.catalogue import DEFAULT_CORPUS
 
 NonNegFloat = Annotated[float, Field(ge=0.0)]
 # The forward passes' dtype (S15): fp32 masters and reductions either way.

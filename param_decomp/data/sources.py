@@ -22,7 +22,7 @@ from param_decomp.config.schema import SparseFeatureData, TextData
 from param_decomp.data.pipeline import TextBatches, fixed_windows
 from param_decomp.data.sparse_features import one_feature_inputs, sample_sparse_features
 from param_decomp.data.token_store import CACHE_ROOT, prepare_tokens
-from param_decomp.data.tokenizers import Tokenizer
+from param_decomp.text.tokenizers import Tokenizer
 
 FIGURE_FEATURE_VALUE = 0.75
 

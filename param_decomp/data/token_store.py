@@ -31,8 +31,8 @@ from param_decomp.data.corpora import (
     iter_split,
     split_guard,
 )
-from param_decomp.data.hf_tokenizer import HFTokenizer
-from param_decomp.data.tokenizers import (
+from param_decomp.text.hf_tokenizer import HFTokenizer
+from param_decomp.text.tokenizers import (
     ByteTokenizer,
     DataError,
     SentencePieceSettings,

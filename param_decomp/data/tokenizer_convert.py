@@ -34,8 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from param_decomp.data.hf_tokenizer import HFTokenizer, byte_level_chars
-from param_decomp.data.tokenizers import (
+from param_decomp.text.hf_tokenizer import HFTokenizer, byte_level_chars
+from param_decomp.text.tokenizers import (
     ByteTokenizer,
     DataError,
     SentencePieceTokenizer,

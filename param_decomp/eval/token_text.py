@@ -14,7 +14,7 @@ import unicodedata
 import numpy as np
 from jaxtyping import Int
 
-from param_decomp.data.tokenizers import Tokenizer
+from param_decomp.text.tokenizers import Tokenizer
 
 EOD_TEXT = "⟨eod⟩"
 _VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}

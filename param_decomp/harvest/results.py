@@ -8,7 +8,6 @@ import numpy as np
 import pyarrow as pa
 from jaxtyping import Float
 
-from param_decomp.data.tokenizers import Tokenizer
 from param_decomp.eval.token_text import token_strings
 from param_decomp.harvest.accumulate import EMPTY_CI, EMPTY_NEG_KEY, HarvestSpec
 from param_decomp.harvest.output_tokens import output_readings, output_values
@@ -19,6 +18,7 @@ from param_decomp.harvest.tables import (
     input_tokens_table,
     output_tokens_table,
 )
+from param_decomp.text.tokenizers import Tokenizer
 
 OUTPUT_SCHEMA = pa.schema(
     [

@@ -33,11 +33,11 @@ from param_decomp.jobs.pretrain import load_pretrained
 from param_decomp.jobs.train_target import load_or_train_target
 from param_decomp.objective import Objective
 from param_decomp.plan.memory_fit import check_fits
+from param_decomp.runconfig.target_config import resolve_target_config, target_kind
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.hf.config_map import HFTargetSpec
 from param_decomp.targets.hf.load import load_hf_target
-from param_decomp.targets.target_config import resolve_target_config, target_kind
 from param_decomp.train.loggers import MetricsLogger, NoLogger, check_logging_available
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.run_dir import RUNS_DIR, prepare_run_dir

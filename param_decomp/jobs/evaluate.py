@@ -20,8 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from param_decomp.config.any_config import load_any_config
-from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, HFTarget, TargetConfig
 from param_decomp.config.target_kinds import TargetKind
@@ -35,8 +33,10 @@ from param_decomp.jobs.decompose import (
     new_decomposition,
 )
 from param_decomp.objective import Objective
+from param_decomp.runconfig.any_config import load_any_config
+from param_decomp.runconfig.decompose import decompose_config_from_data
+from param_decomp.runconfig.target_config import target_kind
 from param_decomp.targets.hf.config_map import hf_target_spec
-from param_decomp.targets.target_config import target_kind
 from param_decomp.train.checkpoint import restore_item, restore_json
 from param_decomp.train.run_dir import RunDirError, has_checkpoints, target_run_dir
 

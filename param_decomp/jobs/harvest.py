@@ -44,10 +44,10 @@ from param_decomp.harvest.results import results
 from param_decomp.harvest.settings import HarvestSettings
 from param_decomp.jobs.evaluate import open_checkpoint
 from param_decomp.objective import Objective
+from param_decomp.runconfig.target_config import target_kind
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.hf.config_map import HFTargetSpec
-from param_decomp.targets.target_config import target_kind
 from param_decomp.train.run_dir import RunDirError
 from param_decomp.train.run_loop import STOP, Preempted, is_main_process
 

@@ -138,10 +138,11 @@ def plan_in_this_process(args: argparse.Namespace) -> int:
     """The child: build the abstract step, compile it, print (and write) the report."""
     import jax
 
-    from param_decomp.config.loading import check_mesh, decompose_config_from_data, read_yaml
+    from param_decomp.config.loading import check_mesh, read_yaml
     from param_decomp.plan.abstract_step import build_abstract_step
     from param_decomp.plan.report import build_report, format_report
-    from param_decomp.targets.target_config import resolve_target_config
+    from param_decomp.runconfig.decompose import decompose_config_from_data
+    from param_decomp.runconfig.target_config import resolve_target_config
 
     if jax.device_count() != args.devices:
         raise RuntimeError(f"{jax.device_count()} devices, expected {args.devices}")

@@ -40,12 +40,12 @@ from param_decomp.config.pretrain_schema import PretrainConfig
 from param_decomp.config.schema import DecomposeConfig, TargetConfig
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, resolve_sites
+from param_decomp.runconfig.target_config import target_kind
 from param_decomp.sharding.mesh import AXES
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.build import build_lm, build_target
 from param_decomp.targets.hf.config_map import HFTargetSpec
 from param_decomp.targets.hf.load import abstract_hf_target
-from param_decomp.targets.target_config import target_kind
 from param_decomp.targets.token_lm import INDEX_SITES
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import moment_shardings

@@ -14,8 +14,8 @@ import numpy as np
 import yaml
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import decompose_config_from_data
 from param_decomp.eval.toy_recovery import dense_ci_error, identity_ci_error, site_mmcs
+from param_decomp.runconfig.decompose import decompose_config_from_data
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.reproduce_schema import PlannedExperiment, Reproduction
 from param_decomp.study.run_parts import append_part, chain_to, forget_parts, read_parts

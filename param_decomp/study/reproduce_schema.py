@@ -17,8 +17,9 @@ import pydantic
 from pydantic import Field, NonNegativeFloat, PositiveInt, model_validator
 
 from param_decomp.config.errors import ConfigError, format_validation_error
-from param_decomp.config.loading import decompose_config_from_data, read_yaml
+from param_decomp.config.loading import read_yaml
 from param_decomp.config.schema import DecomposeConfig, RunName, StrictModel
+from param_decomp.runconfig.decompose import decompose_config_from_data
 from param_decomp.study.schema import deep_merge
 
 

@@ -21,12 +21,12 @@ from param_decomp.config.errors import ConfigError, format_validation_error
 from param_decomp.config.loading import (
     PATH_CHECK_ERRORS,
     config_boundary,
-    decompose_config_from_data,
     path_check_problem,
     read_yaml,
     short_repr,
 )
 from param_decomp.config.schema import DecomposeConfig, RunName, StrictModel
+from param_decomp.runconfig.decompose import decompose_config_from_data
 from param_decomp.study.overrides import with_overrides
 
 SWEEP_OWNED_KEYS = ("run_name",)

@@ -11,17 +11,17 @@ from pathlib import Path
 import pydantic
 import pytest
 
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
 from param_decomp.config.loading import (
     check_mesh,
-    load_decompose_config,
     load_target_config,
     read_yaml,
     resolve_mesh_shape,
 )
 from param_decomp.config.schema import DecomposeConfig, Mesh, TargetConfig
 from param_decomp.losses.registry import loss_list_adapter
+from param_decomp.runconfig.any_config import load_any_config
+from param_decomp.runconfig.decompose import load_decompose_config
 
 HERE = Path(__file__).resolve().parent
 BAD = HERE / "bad"

@@ -29,17 +29,12 @@ import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import (
-    MAX_DEPTH,
-    UNEXPECTED_ERROR,
-    load_decompose_config,
-    load_target_config,
-    read_yaml,
-)
+from param_decomp.config.loading import MAX_DEPTH, UNEXPECTED_ERROR, load_target_config, read_yaml
 from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
 from param_decomp.config.schema import RUN_NAME_MAX_CHARS, DecomposeConfig, TargetConfig
+from param_decomp.runconfig.any_config import load_any_config
+from param_decomp.runconfig.decompose import load_decompose_config
 
 HERE = Path(__file__).resolve().parent
 TARGET_YAML = HERE / "fixtures" / "target.yaml"

@@ -183,7 +183,7 @@ def test_bad_corpora_name_the_file(
     tmp_path: Path, name: str, content: bytes | None, message: str
 ) -> None:
     from param_decomp.cli import main
-    from param_decomp.data.tokenizers import DataError
+    from param_decomp.text.tokenizers import DataError
 
     corpus = tmp_path / name
     if content is None:
@@ -202,7 +202,7 @@ def test_parquet_without_the_text_column(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from param_decomp.data.tokenizers import DataError
+    from param_decomp.text.tokenizers import DataError
 
     path = tmp_path / "shard.parquet"
     pq.write_table(pa.table({"body": ["a document"] * 3}), path)

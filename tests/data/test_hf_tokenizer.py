@@ -17,10 +17,10 @@ from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.data.corpora import DEFAULT_CORPUS
-from param_decomp.data.hf_tokenizer import HFTokenizer
 from param_decomp.data.token_store import prepare_tokens
 from param_decomp.data.tokenizer_convert import to_hf_tokenizer, write_tokenizer_files
-from param_decomp.data.tokenizers import (
+from param_decomp.text.hf_tokenizer import HFTokenizer
+from param_decomp.text.tokenizers import (
     ByteTokenizer,
     DataError,
     SentencePieceSettings,

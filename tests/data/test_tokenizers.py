@@ -16,14 +16,14 @@ from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.data.corpora import DEFAULT_CORPUS, read_text_file, split_text
 from param_decomp.data.token_store import prepare_tokens
-from param_decomp.data.tokenizers import (
+from param_decomp.jobs.pretrain import pretrain
+from param_decomp.text.tokenizers import (
     ByteTokenizer,
     DataError,
     SentencePieceSettings,
     SentencePieceTokenizer,
     train_sentencepiece,
 )
-from param_decomp.jobs.pretrain import pretrain
 
 TRICKY = [
     "naïve café, Ærøskøbing and Łódź",

@@ -11,8 +11,8 @@ import numpy as np
 import yaml
 from hf_checkpoints import write_llama
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 
 SITES = ["layers.0.attn.k", "layers.0.mlp.up"]
 

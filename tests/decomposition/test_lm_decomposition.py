@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.data.pipeline import TextBatches
 from param_decomp.data.sources import TextSource
 from param_decomp.data.token_store import prepare_tokens
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.train.checkpoint import restore_data_state
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,13 +14,14 @@ import yaml
 from flax import nnx
 from pydantic import ValidationError
 
-from param_decomp.config.loading import load_decompose_config, mesh_problems
+from param_decomp.config.loading import mesh_problems
 from param_decomp.config.schema import CIFunction, Decomposition, LlamaModel, Mesh
 from param_decomp.decomposition.ci_transformer import GlobalTransformerCI
 from param_decomp.decomposition.masked_forward import clean_forward, inner_acts, masked_site_fn
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import SiteError, pattern_matches, resolve_sites
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.llama import Llama
 
 pytestmark = pytest.mark.runs_long(seconds=60)

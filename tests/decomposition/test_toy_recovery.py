@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.eval.figures import permute_to_identity
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 
 pytestmark = pytest.mark.runs_long(seconds=35)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 
 pytestmark = pytest.mark.runs_long(seconds=35)
 

@@ -9,7 +9,7 @@ import pytest
 from figure_checks import png_text
 from flax import nnx
 
-from param_decomp.config.loading import load_decompose_config, load_target_config
+from param_decomp.config.loading import load_target_config
 from param_decomp.data.sources import SparseFeatureSource
 from param_decomp.decomposition.masked_forward import clean_forward
 from param_decomp.eval.ci_figures import (
@@ -20,6 +20,7 @@ from param_decomp.eval.ci_figures import (
 )
 from param_decomp.eval.ci_stats import CI_BINS, PRE_BINS, SiteCIStats, ci_statistics
 from param_decomp.jobs.decompose import new_decomposition
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.build import build_target
 
 REPO = Path(__file__).resolve().parents[2]

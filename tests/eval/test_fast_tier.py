@@ -12,13 +12,13 @@ import yaml
 from direct_forward import component_output
 from flax import nnx
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.schema import DecomposeConfig
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import site_layers
 from param_decomp.eval.decomposition_eval import causal_importance_on, evaluate_decomposition
 from param_decomp.eval.fast_tier import MASKS, fast_tier
 from param_decomp.jobs.decompose import Session, build_session, run_decompose, to_host
+from param_decomp.runconfig.decompose import load_decompose_config
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURES = REPO / "tests" / "fixtures"

@@ -17,7 +17,6 @@ import pytest
 from direct_forward import component_output
 from flax import nnx
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.decomposition.model import DecompositionModel
 from param_decomp.decomposition.sites import site_layers
 from param_decomp.decomposition.sources import ReconPlan, draw_plan_sources
@@ -33,6 +32,7 @@ from param_decomp.eval.fast_tier import (
     rounded_name,
 )
 from param_decomp.jobs.decompose import Session, build_session, to_host
+from param_decomp.runconfig.decompose import load_decompose_config
 
 pytestmark = pytest.mark.runs_long(seconds=40)
 

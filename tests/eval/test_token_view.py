@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from figure_checks import png_text
 
-from param_decomp.data.tokenizers import ByteTokenizer
 from param_decomp.eval.token_text import EOD_TEXT, ascii_label, token_strings, visible_html_text
 from param_decomp.eval.token_view import Pick, plot_token_ci, top_components, write_token_html
+from param_decomp.text.tokenizers import ByteTokenizer
 
 
 def test_s14_7_byte_tokens_keep_text_and_show_partial_characters() -> None:

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.jobs.decompose import load_target, new_decomposition
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.train.checkpoint import RunCheckpoints
 
 sys.path.insert(0, str(Path(__file__).parent))  # lets the tests import harvest_reference

@@ -13,10 +13,10 @@ import pytest
 from figure_checks import png_text
 
 from param_decomp.cli import main
-from param_decomp.config.loading import load_decompose_config
-from param_decomp.data.tokenizers import ByteTokenizer
 from param_decomp.eval.token_text import token_strings, visible_html_text
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
+from param_decomp.text.tokenizers import ByteTokenizer
 from param_decomp.train.checkpoint import restore_json
 
 pytestmark = pytest.mark.runs_long(seconds=40)

@@ -17,7 +17,6 @@ from param_decomp.config.errors import ConfigError
 from param_decomp.config.pretrain_schema import PretrainConfig, load_pretrain_config
 from param_decomp.data.pipeline import fixed_windows
 from param_decomp.data.token_store import prepare_tokens
-from param_decomp.data.tokenizers import ByteTokenizer
 from param_decomp.jobs.pretrain import (
     evaluate,
     load_pretrained,
@@ -25,6 +24,7 @@ from param_decomp.jobs.pretrain import (
     pretrain,
 )
 from param_decomp.targets.build import build_lm
+from param_decomp.text.tokenizers import ByteTokenizer
 from param_decomp.train.checkpoint import restore_data_state
 
 REPO = Path(__file__).resolve().parents[2]

@@ -12,7 +12,6 @@ import pytest
 import yaml
 from flax import nnx
 
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.schema import TargetConfig
 from param_decomp.eval.toy_recovery import (
     dense_ci_error,
@@ -20,6 +19,7 @@ from param_decomp.eval.toy_recovery import (
     mean_max_cosine,
     site_mmcs,
 )
+from param_decomp.runconfig.any_config import load_any_config
 from param_decomp.study.paper_toys import outcome_problems, render
 from param_decomp.study.reproduce import (
     is_done,

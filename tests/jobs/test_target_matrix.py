@@ -24,12 +24,12 @@ from target_matrix import QWEN3, TARGETS, slug, write_decompose_yaml, write_targ
 import param_decomp.harvest as harvest
 from param_decomp.browse.layout import component_path, site_slugs
 from param_decomp.cli import main
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.target_kinds import JOBS, KINDS, kind_named, refusal
 from param_decomp.jobs.decompose import load_target, new_decomposition
 from param_decomp.plan.command import main as plan_child
+from param_decomp.runconfig.any_config import load_any_config
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.build import MODEL_CLASSES
 from param_decomp.train.checkpoint import RunCheckpoints
 from param_decomp.train.run_dir import target_run_dir

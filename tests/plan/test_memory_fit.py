@@ -13,15 +13,15 @@ from flax import nnx
 
 import param_decomp.jobs.decompose as loop
 import param_decomp.jobs.pretrain as pretrain_module
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.plan.memory_fit import (
     check_fits,
     device_memory_bytes,
     estimate_decomposition_bytes,
     format_bytes,
 )
+from param_decomp.runconfig.any_config import load_any_config
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.build import build_lm
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -13,17 +13,17 @@ import pytest
 from flax import nnx
 
 from param_decomp.cli import main
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.jobs.decompose import new_decomposition
 from param_decomp.objective import Objective
 from param_decomp.plan.abstract_step import build_abstract_step
 from param_decomp.plan.command import parse_mesh
 from param_decomp.plan.hlo import collectives
 from param_decomp.plan.report import build_report
+from param_decomp.runconfig.decompose import load_decompose_config
+from param_decomp.runconfig.target_config import resolve_target_config
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
 from param_decomp.targets.build import build_lm
-from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.train.optimizer import make_optimizer
 from param_decomp.train.step import place_and_jit
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import check_mesh, load_decompose_config, mesh_problems
+from param_decomp.config.loading import check_mesh, mesh_problems
 from param_decomp.config.schema import Mesh
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.sharding.mesh import build_mesh
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"

@@ -14,12 +14,12 @@ from hf_checkpoints import LLAMA_CONFIG, llama_tensors, write_hf_folder, write_l
 
 from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.schema import HFTarget
+from param_decomp.runconfig.decompose import load_decompose_config
+from param_decomp.runconfig.target_config import resolve_target_config
 from param_decomp.targets.hf.config_map import hf_target_spec
 from param_decomp.targets.hf.errors import HFCheckpointError
 from param_decomp.targets.hf.load import load_hf_target
-from param_decomp.targets.target_config import resolve_target_config
 
 
 def _load(folder: Path, dtype: str = "float32") -> object:

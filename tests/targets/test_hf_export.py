@@ -19,16 +19,16 @@ import yaml
 from flax import nnx
 
 from param_decomp.cli import main
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.pretrain_schema import pretrain_config_from_data
 from param_decomp.config.schema import GPT2Model, HFTarget, HFTokenizerSpec, LlamaModel
-from param_decomp.data.hf_tokenizer import HFTokenizer
 from param_decomp.data.token_store import build_tokenizer
 from param_decomp.jobs.decompose import run_decompose
 from param_decomp.jobs.export import export_run
 from param_decomp.jobs.pretrain import pretrain
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.hf.config_map import hf_target_spec
 from param_decomp.targets.hf.load import load_hf_target
+from param_decomp.text.hf_tokenizer import HFTokenizer
 from param_decomp.train.run_dir import target_run_dir
 
 pytestmark = pytest.mark.runs_long(seconds=40)  # two pretrains and a decomposition

@@ -14,10 +14,11 @@ import yaml
 from flax import nnx
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config, load_target_config
+from param_decomp.config.loading import load_target_config
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.config.schema import DecompositionOptimizer
 from param_decomp.jobs.decompose import new_decomposition
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.build import build_target
 from param_decomp.train.optimizer import gradient_clipping, make_optimizer
 

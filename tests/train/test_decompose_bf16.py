@@ -21,7 +21,6 @@ from flax import nnx
 from tiny_llama import tiny_llama_problem
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config
 from param_decomp.config.schema import Decomposition, SparseFeatureData, TMSModel
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.decomposition.adversary import init_adversary_state
@@ -31,6 +30,7 @@ from param_decomp.losses.faithfulness import Faithfulness
 from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality
 from param_decomp.losses.reconstruction import StochasticRecon, StochasticReconLayerwise
 from param_decomp.objective import Objective
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.targets.tms import TMS
 from param_decomp.train.step import (
     init_state,

@@ -21,7 +21,7 @@ import yaml
 from flax import nnx
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import check_mesh, load_decompose_config
+from param_decomp.config.loading import check_mesh
 from param_decomp.config.schema import Decomposition, Mesh, SparseFeatureData, TMSModel
 from param_decomp.data.sparse_features import sample_sparse_features
 from param_decomp.decomposition.model import DecompositionModel
@@ -31,9 +31,10 @@ from param_decomp.losses.importance import FrequencyBlock, ImportanceMinimality
 from param_decomp.losses.reconstruction import CIMaskedRecon, StochasticRecon
 from param_decomp.objective import Objective
 from param_decomp.plan.abstract_step import build_abstract_step
+from param_decomp.runconfig.decompose import load_decompose_config
+from param_decomp.runconfig.target_config import resolve_target_config
 from param_decomp.sharding.mesh import build_mesh
 from param_decomp.sharding.plan import PlacementPlan
-from param_decomp.targets.target_config import resolve_target_config
 from param_decomp.targets.tms import TMS
 from param_decomp.train.micro_batches import split_micro_batches
 from param_decomp.train.step import init_state, make_train_step, place_and_jit

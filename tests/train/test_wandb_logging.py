@@ -17,10 +17,11 @@ from wandb_records import offline_runs, read_offline_run, run_config
 
 from param_decomp.cli import main
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import load_decompose_config, load_target_config
+from param_decomp.config.loading import load_target_config
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.config.schema import WandbLogging
 from param_decomp.jobs.decompose import run_decompose
+from param_decomp.runconfig.decompose import load_decompose_config
 from param_decomp.train import loggers, run_loop
 from param_decomp.train.loggers import WANDB_RUN_ID_FILE, NoLogger, WandbLogger
 from param_decomp.train.run_loop import EXIT_PREEMPTED, EXIT_USAGE, Job, Preempted, job_logging

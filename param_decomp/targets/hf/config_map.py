@@ -268,7 +268,7 @@ def data_problems(spec: HFTargetSpec) -> list[tuple[str, str]]:
     """(decomposition config key, message) for a `data:` block the model cannot read: more
     tokenizer ids than embedding rows, or windows longer than the model's positions."""
     from param_decomp.config.pretrain_schema import tokenizer_file_key, tokenizer_vocab
-    from param_decomp.data.tokenizers import DataError
+    from param_decomp.text.tokenizers import DataError
 
     problems: list[tuple[str, str]] = []
     try:

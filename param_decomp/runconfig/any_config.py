@@ -1,8 +1,8 @@
 """Any config file by its kind: a target, a pretrained LM's target or a decomposition (the
-target kinds are `target_kinds.py`'s registry).
+target kinds are `config/target_kinds.py`'s registry).
 
-Above both `loading.py` and `pretrain_schema.py` (which imports `loading`), so the dispatch
-between them closes no import circle.
+Above `config/loading.py`, `config/pretrain_schema.py` and `decompose.py` (which validates the
+loss list through `losses/`), so the dispatch between them closes no import circle.
 """
 
 from __future__ import annotations
@@ -12,14 +12,10 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from param_decomp.config.errors import ConfigError
-from param_decomp.config.loading import (
-    _decompose_from_data,
-    _target_from_data,
-    config_boundary,
-    read_yaml,
-)
+from param_decomp.config.loading import _target_from_data, config_boundary, read_yaml
 from param_decomp.config.pretrain_schema import load_pretrain_config
 from param_decomp.config.target_kinds import refuse, yaml_kind
+from param_decomp.runconfig.decompose import _decompose_from_data
 
 
 @config_boundary

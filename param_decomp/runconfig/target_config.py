@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from param_decomp.config.any_config import load_any_config
 from param_decomp.config.errors import ConfigError
 from param_decomp.config.schema import DecomposeConfig, HFTarget
 from param_decomp.config.target_kinds import HF_KINDS, TargetKind, yaml_kind
+from param_decomp.runconfig.any_config import load_any_config
 from param_decomp.targets.hf.config_map import HFTargetSpec, data_problems, hf_target_spec
 from param_decomp.targets.hf.load import checked_sources
 

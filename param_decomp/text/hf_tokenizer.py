@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from jaxtyping import Int
 
-from param_decomp.data.tokenizers import DataError
+from param_decomp.text.tokenizers import DataError
 
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
