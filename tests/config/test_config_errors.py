@@ -202,6 +202,7 @@ def test_every_repo_config_loads() -> None:
     from param_decomp.config.pretrain_schema import PretrainConfig
     from param_decomp.study.reproduce_schema import load_reproduction
     from param_decomp.study.schema import load_study
+    from param_decomp.study.sweep_schema import load_sweep
 
     files = sorted((REPO_ROOT / "configs").glob("**/*.yaml"))
     if not files:
@@ -212,6 +213,9 @@ def test_every_repo_config_loads() -> None:
         for path in files:
             if path.parent.name == "studies":  # a study config: a grid of pretrain configs
                 assert load_study(path).runs, path
+                continue
+            if path.parent.name == "sweeps":  # a sweep: a grid of decompositions (S19)
+                assert load_sweep(path).cells, path
                 continue
             if "experiments" in read_yaml(path):  # a reproduction: a set of decompositions
                 assert load_reproduction(path).experiments, path
