@@ -20,6 +20,8 @@ from param_decomp.study.grid import read_record
 from param_decomp.study.sweep import record_path
 from param_decomp.study.sweep_schema import Sweep
 
+Y_RANGE = (1e-3, 1.0)  # L0 shares from 0.1 % to all components on
+
 
 def done_records(sweep: Sweep, runs_dir: Path) -> list[dict[str, Any]]:
     """The records of the cells that are done with today's config, in config order."""
@@ -45,7 +47,7 @@ def pareto_figure(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> No
     cmap = matplotlib.colormaps["viridis"]
     goal_x, goal_y = sweep.config.unrecovered_goal, sweep.config.l0_share_goal
     for ax, layer in zip(axes, layers, strict=True):
-        ax.axvspan(0, goal_x, ymax=1, color="0.92", zorder=0)
+        ax.fill_between([0, goal_x], Y_RANGE[0], goal_y, color="0.9", zorder=0)
         ax.axhline(goal_y, color="0.5", lw=0.8, ls="--")
         ax.axvline(goal_x, color="0.5", lw=0.8, ls="--")
         for r in done:
@@ -58,13 +60,14 @@ def pareto_figure(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> No
             ax.annotate(r["cell"], (x, max(y, 1e-4)), fontsize=7, xytext=(4, 3),
                         textcoords="offset points")  # fmt: skip
         ax.set_yscale("log")
+        ax.set_ylim(*Y_RANGE)
         ax.set_xlim(left=0)
         ax.set_title(layer, fontsize=10)
         ax.set_xlabel("rounded (CI > 0.1) ce_unrecovered, whole model")
     axes[0].set_ylabel("L0 share (components on per token / C), layer mean")
     fig.colorbar(cm.ScalarMappable(norm, cmap), ax=list(axes), label="min carried (judged layers)")
     fig.suptitle(
-        f"{sweep.config.report.title}: the goal is the shaded band below the dashed line",
+        f"{sweep.config.report.title}: the goal is the shaded corner",
         fontsize=10,
     )
     path.parent.mkdir(parents=True, exist_ok=True)

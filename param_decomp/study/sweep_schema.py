@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,11 +76,21 @@ class PlannedCell:
     run_name: str
     data: dict[str, Any]  # the cell's full config mapping, target absolute
     config: DecomposeConfig
+    sweep_folder: Path
 
     @property
     def config_hash(self) -> str:
-        """What the done-check keys on: the resolved config without its run name."""
+        """What the done-check keys on: the resolved config without its run name, its target
+        path relative to the sweep's folder (so a record made in another checkout still
+        counts)."""
         dumped = self.config.model_dump(mode="json", exclude={"run_name"})
+        target = dumped.get("target")
+        if isinstance(target, str):
+            dumped["target"] = os.path.relpath(target, self.sweep_folder.resolve())
+        elif isinstance(target, dict) and isinstance(target.get("hf"), str):
+            dumped["target"] = target | {
+                "hf": os.path.relpath(target["hf"], self.sweep_folder.resolve())
+            }
         return hashlib.sha256(json.dumps(dumped, sort_keys=True).encode()).hexdigest()[:16]
 
     def yaml_text(self) -> str:
@@ -140,7 +151,7 @@ def _resolve(cfg: SweepConfig, path: Path) -> list[PlannedCell]:
         except ConfigError as err:
             problems += [(f"{where} base + overrides {k}".rstrip(), m) for k, m in err.problems]
             continue
-        planned.append(PlannedCell(cell, run_name, data, resolved))
+        planned.append(PlannedCell(cell, run_name, data, resolved, path.parent))
     if problems:
         raise ConfigError(path, problems)
     return planned
