@@ -100,7 +100,7 @@ def _history(metrics_path: Path) -> list[dict[str, float]]:
     ]
 
 
-def _write_json(path: Path, record: dict[str, Any]) -> None:
+def write_json(path: Path, record: dict[str, Any]) -> None:
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=1) + "\n")
     tmp.replace(path)  # atomic: a reader never sees half a record
@@ -151,7 +151,7 @@ def run_one(study: Study, run: PlannedRun, runs_dir: Path, show_progress: bool) 
     if record["status"] == "done":
         record["final_val_bpb"] = history[-1]["val_bpb"]
         record["final_val_ce_nats"] = history[-1]["val_ce"]
-    _write_json(record_path(study, run, runs_dir), record)
+    write_json(record_path(study, run, runs_dir), record)
     shutil.rmtree(folder / "checkpoints", ignore_errors=True)
     return record
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from param_decomp.decomposition.sites import site_layers
-from param_decomp.study.grid import read_record
+from param_decomp.study.grid import read_record, write_json
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.sweep_schema import PlannedCell, Sweep
 from param_decomp.train.run_dir import RunDirError, has_checkpoints
@@ -101,12 +101,6 @@ def eval_history(metrics_path: Path, C: dict[str, int]) -> list[dict[str, Any]]:
     return history
 
 
-def _write_json(path: Path, record: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a record
-
-
 def _decompose(cell: PlannedCell, yaml_path: Path, runs_dir: Path, quiet: bool) -> str:
     """Run (or continue) the cell's decomposition; returns how it started."""
     from param_decomp.jobs.decompose import run_decompose
@@ -159,7 +153,7 @@ def run_cell(sweep: Sweep, cell: PlannedCell, runs_dir: Path, quiet: bool) -> di
         record |= {"sites": sites, "layers": layers} | summary_figures(sites, layers, fast)
         record["unrecovered"] = {m: _finite(fast.get(f"eval/ce_unrecovered/{m}")) for m in MASKS}
         record["history"] = eval_history(run_dir / "metrics.jsonl", C)
-    _write_json(record_path(sweep, cell, runs_dir), record)
+    write_json(record_path(sweep, cell, runs_dir), record)
     return record
 
 
