@@ -86,6 +86,43 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             ) from None
 
 
+def find_beside(given: str, config_path: Path, folder: bool = False) -> Path | None:
+    """How a config names another file (or, with `folder`, a folder): relative to the working
+    directory first, then to the config's own folder, so a config runs from the repo root and
+    from beside itself. None when neither exists.
+
+    Raises one of PATH_CHECK_ERRORS when a candidate cannot even be looked at.
+    """
+    path = Path(given).expanduser()
+    candidates = [path] if path.is_absolute() else [path, Path(config_path).parent / path]
+    for candidate in candidates:
+        if candidate.is_dir() if folder else candidate.is_file():
+            return candidate.resolve()
+    return None
+
+
+def not_found_problem(given: str, config_path: Path, folder: bool = False) -> str:
+    where = str(Path(config_path).parent) or "."
+    kind = "folder" if folder else "file"
+    return (
+        f"{kind} {short_repr(given, 200)} not found (looked in the working directory "
+        f"and in {where}/)"
+    )
+
+
+def require_beside(
+    given: str, config_path: Path, key: str, error_path: Path, folder: bool = False
+) -> Path:
+    """`find_beside`, or a ConfigError naming `error_path` and `key`."""
+    try:
+        found = find_beside(given, config_path, folder)
+    except PATH_CHECK_ERRORS as err:
+        raise ConfigError(error_path, [(key, path_check_problem(given, err))]) from None
+    if found is None:
+        raise ConfigError(error_path, [(key, not_found_problem(given, config_path, folder))])
+    return found
+
+
 def _construct_mapping(
     loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False
 ) -> dict:

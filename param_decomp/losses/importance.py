@@ -126,22 +126,24 @@ def _importance_result(
 ) -> TermResult:
     lp = activity(f_by_site)
     parts = {name: lp}
-    weighted = coeff * lp
     metrics = dict(extra)
     if freq_block is not None:
+        parts["frequency"] = frequency(f_by_site, freq_block.reference_token_count)
+        all_f = jnp.concatenate([f for f in f_by_site.values()])
+        metrics["train/frequency/mean_f"] = jnp.mean(all_f)
+    if density is not None and ctx is not None:
+        weighted, density_metrics = _constrained(coeff, freq_block, f_by_site, density, ctx)
+        metrics.update(density_metrics)
+    elif freq_block is not None:
         a_ref, freq_coeff = freq_block.reference_token_count, freq_block.coeff
-        parts["frequency"] = frequency(f_by_site, a_ref)
         # one fused sum f (coeff + freq_coeff log2(1 + a' f)): with coeff 1, freq_coeff = beta
         # and a' = B T it is the legacy rolled expression operation for operation (S8.4)
         weighted = sum(
             jnp.sum(f * (coeff + freq_coeff * jnp.log2(1.0 + a_ref * f)))
             for f in f_by_site.values()
         )
-        all_f = jnp.concatenate([f for f in f_by_site.values()])
-        metrics["train/frequency/mean_f"] = jnp.mean(all_f)
-    if density is not None and ctx is not None:
-        weighted, density_metrics = _constrained(coeff, freq_block, f_by_site, density, ctx)
-        metrics.update(density_metrics)
+    else:
+        weighted = coeff * lp
     return TermResult(weighted, parts, metrics)
 
 

@@ -20,9 +20,10 @@ from param_decomp.config.errors import ConfigError, format_path, format_validati
 from param_decomp.config.loading import (
     PATH_CHECK_ERRORS,
     config_boundary,
+    find_beside,
+    not_found_problem,
     path_check_problem,
     read_yaml,
-    short_repr,
     with_folder_tokenizer,
 )
 from param_decomp.config.schema import DecomposeConfig, HFTarget, SparseFeatureData
@@ -49,32 +50,13 @@ def _nonfinite_problems(obj: Any, loc: tuple[str | int, ...]) -> list[tuple[str,
     ]
 
 
-def _resolve_target(target: str, config_path: Path, folder: bool = False) -> Path | None:
-    """The target YAML (or, with `folder`, an hf model folder): relative to the working
-    directory first, then to the config's folder.
-
-    Raises one of PATH_CHECK_ERRORS when a candidate cannot even be looked at.
-    """
-    given = Path(target).expanduser()
-    candidates = [given] if given.is_absolute() else [given, config_path.parent / given]
-    for candidate in candidates:
-        if candidate.is_dir() if folder else candidate.is_file():
-            return candidate.resolve()
-    return None
-
-
 def _hf_folder_problems(hf: str, config_path: Path) -> tuple[Path | None, list[tuple[str, str]]]:
     """(resolved folder, problems) of `target: {hf: ...}`: it must be a folder holding
     config.json (S17.1); the rest of the checkpoint is checked when the target is read."""
     try:
-        resolved = _resolve_target(hf, config_path, folder=True)
+        resolved = find_beside(hf, config_path, folder=True)
         if resolved is None:
-            where = str(config_path.parent) or "."
-            msg = (
-                f"folder {short_repr(hf, 200)} not found (looked in the working directory "
-                f"and in {where}/)"
-            )
-            return None, [("target.hf", msg)]
+            return None, [("target.hf", not_found_problem(hf, config_path, folder=True))]
         if not (resolved / "config.json").is_file():
             msg = (
                 f"folder {resolved} has no config.json (a Hugging Face model folder holds "
@@ -142,16 +124,9 @@ def _decompose_from_data(data: dict, path: str | Path) -> DecomposeConfig:
     resolved: Path | None = None
     if isinstance(target, str) and target:
         try:
-            resolved = _resolve_target(target, Path(path))
+            resolved = find_beside(target, Path(path))
             if resolved is None:
-                folder = str(Path(path).parent) or "."
-                problems.append(
-                    (
-                        "target",
-                        f"file {short_repr(target, 200)} not found (looked in the working "
-                        f"directory and in {folder}/)",
-                    )
-                )
+                problems.append(("target", not_found_problem(target, Path(path))))
         except PATH_CHECK_ERRORS as err:
             problems.append(("target", path_check_problem(target, err)))
 

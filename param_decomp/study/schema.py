@@ -18,11 +18,9 @@ from pydantic import Field, field_validator, model_validator
 
 from param_decomp.config.errors import ConfigError, format_validation_error
 from param_decomp.config.loading import (
-    PATH_CHECK_ERRORS,
     config_boundary,
-    path_check_problem,
     read_yaml,
-    short_repr,
+    require_beside,
 )
 from param_decomp.config.pretrain_schema import PretrainConfig, pretrain_config_from_data
 from param_decomp.config.schema import RunName, StrictModel
@@ -173,17 +171,7 @@ def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any
 def _base_mapping(base: str | dict[str, Any], study_path: Path) -> dict[str, Any]:
     if isinstance(base, dict):
         return base
-    given = Path(base).expanduser()
-    candidates = [given] if given.is_absolute() else [given, study_path.parent / given]
-    try:
-        found = next((c for c in candidates if c.is_file()), None)
-    except PATH_CHECK_ERRORS as err:
-        raise ConfigError(study_path, [("base", path_check_problem(base, err))]) from None
-    if found is None:
-        folder = str(study_path.parent) or "."
-        msg = f"file {short_repr(base, 200)} not found (looked in the working dir and {folder}/)"
-        raise ConfigError(study_path, [("base", msg)])
-    return read_yaml(found)
+    return read_yaml(require_beside(base, study_path, "base", study_path))
 
 
 def _resolve(cfg: StudyConfig, path: Path) -> list[PlannedRun]:

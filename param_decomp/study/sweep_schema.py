@@ -20,11 +20,9 @@ from pydantic import Field, model_validator
 
 from param_decomp.config.errors import ConfigError, format_validation_error
 from param_decomp.config.loading import (
-    PATH_CHECK_ERRORS,
     config_boundary,
-    path_check_problem,
     read_yaml,
-    short_repr,
+    require_beside,
 )
 from param_decomp.config.schema import DecomposeConfig, RunName, StrictModel
 from param_decomp.runconfig.decompose import decompose_config_from_data
@@ -104,33 +102,18 @@ class Sweep:
     cells: list[PlannedCell]
 
 
-def _find(given: str, beside: Path, key: str, config_path: Path, folder: bool = False) -> Path:
-    """`given` relative to the working dir first, then to `beside`'s folder."""
-    path = Path(given).expanduser()
-    candidates = [path] if path.is_absolute() else [path, beside.parent / path]
-    try:
-        found = next((c for c in candidates if (c.is_dir() if folder else c.is_file())), None)
-    except PATH_CHECK_ERRORS as err:
-        raise ConfigError(config_path, [(key, path_check_problem(given, err))]) from None
-    if found is None:
-        where = str(beside.parent) or "."
-        msg = f"{short_repr(given, 200)} not found (looked in the working dir and {where}/)"
-        raise ConfigError(config_path, [(key, msg)])
-    return found.resolve()
-
-
 def _absolute_target(base: dict[str, Any], base_path: Path, sweep_path: Path) -> dict[str, Any]:
     target = base.get("target")
     if isinstance(target, str):
-        return base | {"target": str(_find(target, base_path, "base: target", sweep_path))}
+        return base | {"target": str(require_beside(target, base_path, "base: target", sweep_path))}
     if isinstance(target, dict) and isinstance(target.get("hf"), str):
-        folder = _find(target["hf"], base_path, "base: target.hf", sweep_path, folder=True)
+        folder = require_beside(target["hf"], base_path, "base: target.hf", sweep_path, folder=True)
         return base | {"target": target | {"hf": str(folder)}}
     return base
 
 
 def _resolve(cfg: SweepConfig, path: Path) -> list[PlannedCell]:
-    base_path = _find(cfg.base, path, "base", path)
+    base_path = require_beside(cfg.base, path, "base", path)
     base = _absolute_target(read_yaml(base_path), base_path, path)
     planned, problems = [], []
     for i, cell in enumerate(cfg.cells):
