@@ -17,19 +17,22 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from param_decomp.study.grid import read_record
-from param_decomp.study.sweep import record_path
+from param_decomp.study.sweep import progress_record, record_path
 from param_decomp.study.sweep_schema import Sweep
 
 Y_RANGE = (1e-3, 1.0)  # L0 shares from 0.1 % to all components on
 
 
 def done_records(sweep: Sweep, runs_dir: Path) -> list[dict[str, Any]]:
-    """The records of the cells that are done with today's config, in config order."""
+    """The records of the cells that are done with today's config, in config order; a cell
+    still running (or stopped to be continued) in its place with its curve so far."""
     out = []
     for cell in sweep.cells:
         record = read_record(record_path(sweep, cell, runs_dir))
         if record is not None and record.get("config_hash") == cell.config_hash:
             out.append(record)
+        elif (progress := progress_record(sweep, cell, runs_dir)) is not None:
+            out.append(progress)
     return out
 
 
@@ -75,20 +78,21 @@ def pareto_figure(sweep: Sweep, records: list[dict[str, Any]], path: Path) -> No
 
 
 def curves_figure(records: list[dict[str, Any]], path: Path) -> None:
-    done = [r for r in records if r["status"] == "done" and r.get("history")]
+    done = [r for r in records if r["status"] in ("done", "in_progress") and r.get("history")]
     layers = _layers(done) or ["(none)"]
     fig = Figure(figsize=(4.0 * (1 + len(layers)), 3.6), layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 1 + len(layers), squeeze=False)[0]
     for i, r in enumerate(done):
         steps = np.asarray([h["step"] for h in r["history"]])
-        color = f"C{i % 10}"
+        color, style = f"C{i % 10}", "o-" if r["status"] == "done" else "o--"
+        label = r["cell"] if r["status"] == "done" else f"{r['cell']} (unfinished, {_progress(r)})"
         unrec = [h["rounded_unrecovered"] for h in r["history"]]
         unrec = [np.nan if u is None else u for u in unrec]
-        axes[0].plot(steps, unrec, "o-", color=color, ms=3, label=r["cell"])
+        axes[0].plot(steps, unrec, style, color=color, ms=3, label=label)
         for ax, layer in zip(axes[1:], layers, strict=True):
             share = [h["layers"].get(layer, {}).get("l0_share", np.nan) for h in r["history"]]
-            ax.plot(steps, share, "o-", color=color, ms=3)
+            ax.plot(steps, share, style, color=color, ms=3)
     axes[0].set_title("rounded (CI > 0.1) ce_unrecovered", fontsize=10)
     axes[0].legend(fontsize=7)
     for ax, layer in zip(axes[1:], layers, strict=True):
@@ -98,6 +102,10 @@ def curves_figure(records: list[dict[str, Any]], path: Path) -> None:
         ax.set_xlabel("step")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
+
+
+def _progress(r: dict[str, Any]) -> str:
+    return f"step {r['step']} of {r['steps']}"
 
 
 def _fmt(value: Any, digits: int = 3) -> str:
@@ -112,6 +120,15 @@ def table(records: list[dict[str, Any]]) -> str:
     head += ["rounded unrecovered", "CI unrecovered", "wall (this part)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
+        if r["status"] == "in_progress":
+            last = r["history"][-1]
+            lines.append(
+                f"| {r['cell']} | {r['steps']} | unfinished ({_progress(r)}); at step "
+                f"{last['step']}: max site L0 share {_fmt(last['max_l0_share'])}, min carried "
+                f"{_fmt(last['min_carried'])}, rounded unrecovered "
+                f"{_fmt(last['rounded_unrecovered'])} |"
+            )
+            continue
         if r["status"] != "done":
             lines.append(f"| {r['cell']} | {r['steps']} | diverged: {r.get('error', '')} |")
             continue
@@ -137,11 +154,12 @@ def render(sweep: Sweep, runs_dir: Path, config_arg: str) -> tuple[Path, Path, P
     report = sweep.config.report
     md, plot = Path(report.markdown), Path(report.plot)
     curves = plot.with_name(plot.stem + "_curves" + plot.suffix)
-    pareto_figure(sweep, records, plot)
+    pareto_figure(sweep, records, plot)  # done cells only: a running one is not a result
     curves_figure(records, curves)
     notes = [f"- **{r['cell']}**: {r['note']}" for r in records if r.get("note")]
     machines = sorted({f"{r['machine']['cpu']} ({r['machine']['cpu_cores']} cores)"
-                       for r in records})  # fmt: skip
+                       for r in records if "machine" in r})  # fmt: skip
+    done = sum(r["status"] != "in_progress" for r in records)
 
     def rel(p: Path) -> str:
         return os.path.relpath(p, md.parent)
@@ -151,7 +169,7 @@ def render(sweep: Sweep, runs_dir: Path, config_arg: str) -> tuple[Path, Path, P
         "",
         report.intro.strip(),
         "",
-        f"Made by `param-decomp sweep {config_arg}` ({len(records)} of {len(sweep.cells)} "
+        f"Made by `param-decomp sweep {config_arg}` ({done} of {len(sweep.cells)} "
         "cells done). Goal: every site's L0 share <= "
         f"{sweep.config.l0_share_goal:g}, every judged layer carried >= 0.8, rounded "
         f"`ce_unrecovered` <= {sweep.config.unrecovered_goal:g}.",

@@ -18,11 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from param_decomp.decomposition.sites import site_layers
+import yaml
+
+from param_decomp.decomposition.sites import resolve_sites, site_layers
 from param_decomp.study.grid import read_record, write_json
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.sweep_schema import PlannedCell, Sweep
-from param_decomp.train.run_dir import RunDirError, has_checkpoints
+from param_decomp.train.run_dir import RunDirError, config_differences, has_checkpoints
 from param_decomp.train.run_loop import NonFiniteLossError
 
 RECORD_FORMAT = 1
@@ -99,6 +101,41 @@ def eval_history(metrics_path: Path, C: dict[str, int]) -> list[dict[str, Any]]:
             }
         )
     return history
+
+
+def progress_record(sweep: Sweep, cell: PlannedCell, runs_dir: Path) -> dict[str, Any] | None:
+    """A cell not done whose run folder, started from this cell's config, has logged
+    evaluations: its curve so far (S19.3), so a long run spanning sessions shows where it
+    stands. C per site comes from the cell's `sites` entries; the target is compared by file
+    name (the run may have been started from another checkout)."""
+    if is_done(sweep, cell, runs_dir):
+        return None
+    run_dir = Path(runs_dir) / cell.run_name
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+        rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x]
+    except (OSError, ValueError, yaml.YAMLError):
+        return None
+    wanted = cell.config.model_dump(mode="json")
+    if Path(str(saved.get("target"))).name != Path(str(wanted.get("target"))).name:
+        return None
+    skip = {"run_name", "target"}
+    if config_differences({k: v for k, v in saved.items() if k not in skip},
+                          {k: v for k, v in wanted.items() if k not in skip}):  # fmt: skip
+        return None
+    evals = [r for r in rows if any(k.startswith("eval/ci_l0/") for k in r)]
+    if not evals:
+        return None
+    sites = [k.removeprefix("eval/ci_l0/") for k in evals[0] if k.startswith("eval/ci_l0/")]
+    C = resolve_sites(cell.config.decomposition, sites)
+    return {
+        "cell": cell.cell.name,
+        "note": cell.cell.note,
+        "status": "in_progress",
+        "steps": cell.config.train.steps,
+        "step": max(int(r.get("step", 0)) for r in rows),
+        "history": eval_history(run_dir / "metrics.jsonl", C),
+    }
 
 
 def _decompose(cell: PlannedCell, yaml_path: Path, runs_dir: Path, quiet: bool) -> str:
