@@ -3,8 +3,10 @@
 `losses.importance_minimality.coeff: 1e-3` walks `losses` (a list), picks the element whose
 `type` is `importance_minimality` (or, for a digit, the element at that index), and sets its
 `coeff`. A value of `null` on a list element's key removes the key; `losses.<type>: null` drops
-the term. A key that names nothing raises `KeyError` with the path walked, so a typo fails at
-load time, not an hour into the grid.
+the term; `losses.<type>: {coeff: 1.0, ...}` replaces the term, or appends it when the list has
+no element of that type (its `type` is the key's, so a misspelt type fails the config's own
+validation, which names the known ones). Any other key that names nothing raises `KeyError`
+with the path walked, so a typo fails at load time, not an hour into the grid.
 """
 
 from __future__ import annotations
@@ -26,6 +28,15 @@ def _child_index(items: list, part: str, walked: str) -> int:
     return tags.index(part)
 
 
+def _set_typed_element(items: list, tag: str, value: dict[str, Any]) -> None:
+    element = {"type": tag} | {k: v for k, v in value.items() if k != "type"}
+    tags = [item.get("type") if isinstance(item, dict) else None for item in items]
+    if tag in tags:
+        items[tags.index(tag)] = element
+    else:
+        items.append(element)
+
+
 def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `dotted` in `data` in place (module docstring)."""
     parts = dotted.split(".")
@@ -35,6 +46,9 @@ def apply_override(data: dict[str, Any], dotted: str, value: Any) -> None:
         last = depth == len(parts) - 1
         here = f"{walked}.{part}" if walked else part
         if isinstance(node, list):
+            if last and isinstance(value, dict) and not part.isdigit():
+                _set_typed_element(node, part, value)
+                return
             index = _child_index(node, part, walked or "<root>")
             if last:
                 if value is None:
