@@ -250,9 +250,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "decompose":
         _init_distributed(args)
+        cfg = load_decompose_config(args.config)  # a config error exits before the job's imports
         from param_decomp.jobs.decompose import run_decompose
 
-        cfg = load_decompose_config(args.config)
         if args.steps is not None:
             cfg = cfg.model_copy(
                 update={"train": cfg.train.model_copy(update={"steps": args.steps})}
