@@ -36,7 +36,10 @@ def ablated(harvest_run: Path) -> tuple[harvest.Harvest, dict[int, dict[str, pa.
     tables = {}
     for n in (1, 4):
         settings = AblationSettings(CONTEXTS, TOP_TOKENS, batch_size=8)
-        run_ablation(harvest_run, settings, devices=jax.devices()[:n], show_progress=False)
+        done = run_ablation(harvest_run, settings, devices=jax.devices()[:n], show_progress=False)
+        rate = done.meta["ablations"] / done.seconds
+        print(f"\nablate on {n} device(s): {done.meta['ablations']} in {done.seconds:.1f} s "
+              f"({rate:.0f}/s, compilation included)")  # fmt: skip
         h = harvest.load(harvest_run)
         assert h.ablation is not None and h.ablation_tokens is not None
         tables[n] = {"ablation": h.ablation, "ablation_tokens": h.ablation_tokens}
