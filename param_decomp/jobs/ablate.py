@@ -72,9 +72,12 @@ class HarvestWindows:
         x = self.split.windows(ids, self.window - 1)
         inside = position + 1 < self.window
         after = np.full(len(ids), -1, np.int32)
-        for i in np.flatnonzero(~inside):  # the token after the window: the next one's second
-            if (ids[i] + 1) * (self.window - 1) + self.window <= self.split.n_tokens:
-                after[i] = self.split.windows(ids[i : i + 1] + 1, self.window - 1)[0, 1]
+        past = np.flatnonzero(~inside)
+        if len(past):  # the corpus token after the window (window i starts at i * (window - 1))
+            end = ids[past].astype(np.int64) * (self.window - 1) + self.window
+            known = end < self.split.n_tokens
+            corpus = np.memmap(self.split.path, self.split.dtype, mode="r")
+            after[past[known]] = corpus[end[known]]
         nxt = np.where(
             inside, x[np.arange(len(ids)), np.minimum(position + 1, self.window - 1)], after
         )
