@@ -1,5 +1,5 @@
 """`param-decomp` command line: train-target, pretrain, study, reproduce, decompose, eval, export,
-harvest, plan, check-goldens, browse.
+harvest, ablate, plan, check-goldens, browse.
 
 Config problems exit with code 2 and a one-screen message, never a traceback.
 """
@@ -64,6 +64,26 @@ def _add_harvest_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="window order and reservoir seed (default: the run's)")
     p.add_argument("--save-every", type=int, default=200, help="batches between progress saves")
     p.add_argument("--resume", action="store_true", help="continue a stopped harvest")
+    p.add_argument(
+        "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _add_distributed_args(p)
+
+
+def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "ablate",
+        help="after a harvest: remove each component where it fires (its reservoir and top "
+        "contexts) and record the change of the next-token prediction (parquet tables)",
+    )
+    p.add_argument("run_dir", metavar="RUN_DIR", help="an LM decomposition run folder")
+    p.add_argument("--step", type=int, help="harvested checkpoint step (default: the latest)")
+    p.add_argument(
+        "--contexts", type=int, default=4, help="contexts per component from each sample"
+    )
+    p.add_argument("--top-tokens", type=int, default=10, help="tokens kept each way")
+    p.add_argument("--batch-size", type=int, help="ablations per batch (default: the harvest's)")
     p.add_argument(
         "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
     )
@@ -161,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
 
     _add_harvest_parser(sub)
+    _add_ablate_parser(sub)
 
     p = sub.add_parser(
         "plan",
@@ -295,6 +316,20 @@ def _run(args: argparse.Namespace) -> int:
             show_progress=not args.no_progress,
         )
         print(report(result))
+        return 0
+    if args.command == "ablate":
+        _init_distributed(args)
+        from param_decomp.harvest.settings import AblationSettings
+        from param_decomp.jobs.ablate import report, run_ablation
+
+        ablation = run_ablation(
+            Path(args.run_dir),
+            AblationSettings(args.contexts, args.top_tokens, args.batch_size),
+            args.step,
+            Path(args.runs_dir) if args.runs_dir else None,
+            show_progress=not args.no_progress,
+        )
+        print(report(ablation))
         return 0
     if args.command == "plan":
         from param_decomp.plan.command import run_plan

@@ -89,8 +89,11 @@ JS = """\
     }
   };
 
-  // row layout: [component, firing, density, density_any, mean_ci, top_pmi, count ids, pmi ids]
-  const COLUMNS = { component: 0, firing: 1, density: 2, density_any: 3, mean_ci: 4, pmi: 5 };
+  // row layout: [component, firing, density, density_any, mean_ci, top_pmi, effect, dlogp,
+  //              count ids, pmi ids]
+  const COLUMNS = {
+    component: 0, firing: 1, density: 2, density_any: 3, mean_ci: 4, pmi: 5, effect: 6, dlogp: 7,
+  };
   const renderTable = (data) => {
     const body = document.getElementById("component-rows");
     const status = document.getElementById("table-status");
@@ -112,7 +115,7 @@ JS = """\
     };
     const visibleRows = (ids) => {
       const list = ids === null ? data.rows.slice()
-        : data.rows.filter((r) => r[6].some((id) => ids.has(id)) || r[7].some((id) => ids.has(id)));
+        : data.rows.filter((r) => r[8].some((id) => ids.has(id)) || r[9].some((id) => ids.has(id)));
       const k = COLUMNS[state.key];
       const sign = state.desc ? -1 : 1;
       list.sort((a, b) => {
@@ -134,10 +137,10 @@ JS = """\
         const link = make("a", null, `#${r[0]}`);
         link.href = `components/${r[0]}.html`;
         cell(tr, null).appendChild(link);
-        for (const i of [1, 2, 3, 4, 5]) cell(tr, fmt(r[i]), "num");
+        for (const i of [1, 2, 3, 4, 5, 6, 7]) cell(tr, fmt(r[i]), "num");
         const chips = cell(tr, null, "toks");
-        const shownIds = r[6].slice(0, 6);
-        if (ids) for (const id of [...r[6], ...r[7]]) {
+        const shownIds = r[8].slice(0, 6);
+        if (ids) for (const id of [...r[8], ...r[9]]) {
           if (ids.has(id) && !shownIds.includes(id)) shownIds.push(id);
         }
         for (const id of shownIds) {

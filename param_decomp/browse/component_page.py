@@ -95,6 +95,44 @@ def _output_tokens(h: Harvest, key: Key, shown: dict[int, str]) -> str:
     return f'{head}<div class="columns">{"".join(parts)}</div>'
 
 
+def _ablation(h: Harvest, key: Key, shown: dict[int, str]) -> str:
+    """The removal's effect per sample, and the tokens it moves most in the sample shown in the
+    site table (`Harvest.ablation_row`)."""
+    picked = h.ablation_row(key)
+    if h.ablation is None or h.ablation_tokens is None or picked is None:
+        why = "not ablated: run `param-decomp ablate RUN_DIR`" if h.ablation is None else "none"
+        return f'<p class="empty ablation">{text(why)}</p>'
+    cols = h.ablation.columns
+    names = ("contexts", "next_contexts", "dlogp", "kl")
+    head = "<th>sample</th>" + "".join(f'<th class="num">{n}</th>' for n in names)
+    body = "".join(
+        f"<tr><td>{text(cols['sample'][i])}</td>"
+        + "".join(
+            f'<td class="num" data-ablation="{n}">{number(cols[n][i], 4)}</td>' for n in names
+        )
+        + "</tr>"
+        for i in h.ablation.rows(key)
+    )
+    t, tcols = h.ablation_tokens, h.ablation_tokens.columns
+    parts = []
+    for direction, title in (
+        ("promoted", "removing it raises"),
+        ("suppressed", "removing it lowers"),
+    ):
+        rows = [
+            f"<tr>{_token_cell(shown, tcols['token'][i])}"
+            f'<td class="num">{number(tcols["value"][i], 4)}</td></tr>'
+            for i in t.rows(key)
+            if tcols["sample"][i] == picked[0] and tcols["direction"][i] == direction
+        ]
+        table = _table(["token", "Δ log p"], rows, "none", f"ablation-{direction}")
+        parts.append(f"<div><h3>{title} ({text(picked[0])})</h3>{table}</div>")
+    return (
+        f'<table class="ablation"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+        f'<div class="columns">{"".join(parts)}</div>'
+    )
+
+
 def _coactivation(h: Harvest, key: Key, slugs: dict[str, str]) -> str:
     t, cols = h.coactivation, h.coactivation.columns
     rows = []
@@ -176,7 +214,15 @@ is this component's CI there (opaque = 1), the peak token is outlined.</p>
 <h2>Input tokens</h2>
 {_input_tokens(h, key, shown)}
 <h2>Output tokens</h2>
+<h3>direct path</h3>
 {_output_tokens(h, key, shown)}
+<h3 id="ablation-effect">removed where it fires, through the whole network</h3>
+<p class="note">Masked off at the firing position in the full decomposed model (every other \
+component and site kept), the next-token prediction there compared with the model's own: \
+dlogp = mean change of the actual next token's log-probability, kl = mean KL(before ‖ after), \
+over each sample's first contexts; the tokens below are those whose mean log-probability the \
+removal changes most. A component that helps predict a token lowers it when removed.</p>
+{_ablation(h, key, shown)}
 <h2>Co-active components</h2>
 {_coactivation(h, key, slugs)}
 <script id="pd-contexts" type="application/json">{json_for_script(data)}</script>"""

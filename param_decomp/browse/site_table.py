@@ -17,12 +17,15 @@ HEADERS = (
     ("density_any", "density (CI > 0)"),
     ("mean_ci", "mean CI"),
     ("pmi", "top PMI"),
+    ("effect", "effect (KL)"),
+    ("dlogp", "ablation Δ log p"),
 )
 
 
 def table_rows(h: Harvest, site: str) -> list[list[Any]]:
-    """[component, firing, density, density_any, mean_ci, top PMI, count ids, PMI ids] per
-    component."""
+    """[component, firing, density, density_any, mean_ci, top PMI, effect, Δ log p, count ids,
+    PMI ids] per component; effect and Δ log p are those of `Harvest.ablation_row` (None when
+    the component was not ablated)."""
     comp_cols, tok_cols = h.components.columns, h.input_tokens.columns
     rows = []
     for comp in h.site_components(site):
@@ -35,6 +38,11 @@ def table_rows(h: Harvest, site: str) -> list[list[Any]]:
             else:
                 by_pmi.append(tok_cols["token"][j])
                 top_pmi = top_pmi if top_pmi is not None else finite(tok_cols["pmi"][j])
+        effect = dlogp = None
+        shown = h.ablation_row(key)
+        if shown is not None and h.ablation is not None:
+            effect = finite(h.ablation.columns["kl"][shown[1]], 9)
+            dlogp = finite(h.ablation.columns["dlogp"][shown[1]], 9)
         rows.append(
             [
                 comp,
@@ -43,11 +51,30 @@ def table_rows(h: Harvest, site: str) -> list[list[Any]]:
                 finite(comp_cols["density_any"][i], 9),
                 finite(comp_cols["mean_ci"][i], 9),
                 top_pmi,
+                effect,
+                dlogp,
                 by_count,
                 by_pmi,
             ]
         )
     return rows
+
+
+def _effect_note(h: Harvest) -> str:
+    """What the effect columns mean, or how to fill them."""
+    if h.ablation is None:
+        return (
+            "effect (KL) and ablation Δ log p are empty: run <code>param-decomp ablate "
+            "RUN_DIR</code> after the harvest to fill them."
+        )
+    n = number(h.ablation_meta.get("contexts"))
+    return (
+        "effect (KL): the mean KL(before ‖ after) of the next-token distribution when this "
+        "component is removed at the position where it fires, through every later layer; "
+        f"ablation Δ log p: the mean change of the actual next token's log-probability (negative: "
+        f"the component helped predict it). Over up to {n} of its reservoir samples (its top "
+        "contexts when it has none)."
+    )
 
 
 def site_table_page(h: Harvest, site: str, slugs: dict[str, str]) -> str:
@@ -70,6 +97,7 @@ def site_table_page(h: Harvest, site: str, slugs: dict[str, str]) -> str:
 L0 {number(info.get("l0"))} (CI &gt; 0: {number(info.get("l0_any"))}). \
 Click a column to sort; type a token to keep the components whose input tokens \
 (by count or PMI) include it.</p>
+<p class="note">{_effect_note(h)}</p>
 <p><label>input token <input id="token-search" type="search" autocomplete="off"></label>
 <label><input id="token-substring" type="checkbox"> match part of a token</label></p>
 <p id="table-status"></p>

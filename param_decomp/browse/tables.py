@@ -58,6 +58,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {  # what the browser reads of each table
         "jaccard",
     ),
 }
+OPTIONAL: dict[str, tuple[str, ...]] = {  # read when `ablation.json` marks them finished
+    "ablation": ("site", "component", "sample", "contexts", "next_contexts", "dlogp", "kl"),
+    "ablation_tokens": ("site", "component", "sample", "direction", "rank", "token", "value"),
+}
+ABLATION_MARKER = "ablation.json"
+SAMPLES = ("reservoir", "top")  # the ablation's samples; the first present is the one shown
 _STEP = re.compile(r"step_(\d+)")
 
 
@@ -162,10 +168,22 @@ class Harvest:
     output_tokens: Grouped
     coactivation: Grouped
     sites: list[str] = field(default_factory=list)
+    ablation: Grouped | None = None  # None without `param-decomp ablate`
+    ablation_tokens: Grouped | None = None
+    ablation_meta: dict[str, Any] = field(default_factory=dict)
 
     def site_components(self, site: str) -> list[int]:
         """The component indices of a site that components.parquet lists, ascending."""
         return [c for s, c in self.components.spans if s == site]
+
+    def ablation_row(self, key: Key) -> tuple[str, int] | None:
+        """(sample, row in `ablation`) shown for a component: its reservoir sample (uniform over
+        its firing tokens) when it has one, else its top contexts; None when not ablated."""
+        if self.ablation is None:
+            return None
+        rows = {self.ablation.columns["sample"][i]: i for i in self.ablation.rows(key)}
+        sample = next((s for s in SAMPLES if s in rows), None)
+        return None if sample is None else (sample, rows[sample])
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -179,14 +197,15 @@ def _read_parquet(folder: Path, name: str) -> pa.Table:
     path = folder / f"{name}.parquet"
     if not path.is_file():
         raise BrowseError(f"{path} is missing: the harvest is incomplete")
+    columns = COLUMNS.get(name) or OPTIONAL[name]
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as err:
         raise BrowseError(f"{path} cannot be read: {err}") from err
-    missing = [c for c in COLUMNS[name] if c not in table.column_names]
+    missing = [c for c in columns if c not in table.column_names]
     if missing:
         raise BrowseError(f"{path} lacks the columns {missing}")
-    return table.select(list(COLUMNS[name]))
+    return table.select(list(columns))
 
 
 def load_harvest(run_dir: Path, step: int | None = None) -> Harvest:
@@ -203,6 +222,15 @@ def load_harvest(run_dir: Path, step: int | None = None) -> Harvest:
             strict=True,
         )
     )
+    ablation: dict[str, Any] = {}
+    if (folder / ABLATION_MARKER).is_file():
+        ablation = {
+            "ablation_meta": _read_json(folder / ABLATION_MARKER),
+            "ablation": group(_read_parquet(folder, "ablation"), order=("sample",)),
+            "ablation_tokens": group(
+                _read_parquet(folder, "ablation_tokens"), order=("sample", "direction", "rank")
+            ),
+        }
     components = group(tables["components"], order=())
     sites = list(summary.get("sites", {}))
     sites += sorted({s for s, _ in components.spans} - set(sites))
@@ -218,4 +246,5 @@ def load_harvest(run_dir: Path, step: int | None = None) -> Harvest:
         output_tokens=group(tables["output_tokens"], order=("direction", "rank")),
         coactivation=group(tables["coactivation"]),
         sites=sites,
+        **ablation,
     )

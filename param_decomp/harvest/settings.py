@@ -39,3 +39,26 @@ class HarvestSettings:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class AblationSettings:
+    """`param-decomp ablate` options; `batch_size` (ablations per batch) defaults (None) to the
+    harvest's batch size."""
+
+    contexts: int = 4  # ablated per component from each sample (reservoir, top contexts)
+    top_tokens: int = 10  # tokens kept per component and sample, each direction
+    batch_size: int | None = None
+
+    def problems(self) -> list[str]:
+        """Why these settings cannot run (empty when they can)."""
+        out = []
+        for name in ("contexts", "top_tokens"):
+            if getattr(self, name) < 1:
+                out.append(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.batch_size is not None and self.batch_size < 1:
+            out.append(f"batch_size must be at least 1, got {self.batch_size}")
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -10,8 +10,11 @@
 | `input_tokens.parquet`, `output_tokens.parquet` | tokens fired on; tokens written toward |
 | `coactivation.parquet` | top partners per component with precision, recall, Jaccard |
 | `progress/state.npz` | while running: the state after the last saved batch (for --resume) |
+| `ablation.parquet`, `ablation_tokens.parquet` | `param-decomp ablate`: removing each component |
+| `ablation.json` | the ablation's settings and timing, written after its tables |
 
-`summary.json` is written last: a folder without it is an unfinished harvest.
+`summary.json` is written last: a folder without it is an unfinished harvest. Likewise
+`ablation.json` marks finished ablation tables (optional: only after `param-decomp ablate`).
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ TABLES = (
     "output_tokens",
     "coactivation",
 )
+ABLATION_TABLES = ("ablation", "ablation_tokens")
 SUMMARY = "summary.json"
+ABLATION = "ablation.json"
 SETTINGS = "settings.json"
 PROGRESS = Path("progress") / "state.npz"
 
@@ -77,6 +82,14 @@ def write_tables(folder: Path, tables: dict[str, pa.Table], settings: dict, summ
     for name in TABLES:
         pq.write_table(tables[name], folder / f"{name}.parquet")
     _write_json(folder / SUMMARY, summary)
+
+
+def write_ablation(folder: Path, tables: dict[str, pa.Table], meta: dict) -> None:
+    """The ablation tables, then `ablation.json` (its presence marks them finished)."""
+    (folder / ABLATION).unlink(missing_ok=True)
+    for name in ABLATION_TABLES:
+        pq.write_table(tables[name], folder / f"{name}.parquet")
+    _write_json(folder / ABLATION, meta)
 
 
 def clear(folder: Path) -> None:
@@ -128,6 +141,8 @@ class Harvest:
     input_tokens: pa.Table
     output_tokens: pa.Table
     coactivation: pa.Table
+    ablation: pa.Table | None = None  # None until `param-decomp ablate` has run
+    ablation_tokens: pa.Table | None = None
 
 
 def load(run_dir: str | Path, step: int | None = None) -> Harvest:
@@ -143,6 +158,8 @@ def load(run_dir: str | Path, step: int | None = None) -> Harvest:
         raise FileNotFoundError(f"no finished harvest of step {step} in {run_dir}; have {steps}")
     folder = step_dir(run_dir, step)
     tables = {name: pq.read_table(folder / f"{name}.parquet") for name in TABLES}
+    if (folder / ABLATION).is_file():
+        tables |= {name: pq.read_table(folder / f"{name}.parquet") for name in ABLATION_TABLES}
     return Harvest(
         folder,
         json.loads((folder / SETTINGS).read_text()),

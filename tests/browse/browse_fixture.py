@@ -93,6 +93,47 @@ def _ranked_tokens(rng: np.random.Generator, rows: int, k: int, vocab: int) -> n
     return np.argsort(rng.random((rows, vocab)), axis=1)[:, :k].astype(np.int32)
 
 
+def _ablation_tables(
+    rng: np.random.Generator, a_site: np.ndarray, a_comp: np.ndarray, n_tok: int, V: int
+) -> dict[str, pa.Table]:
+    """`ablation` and `ablation_tokens` for the alive components (docstring of the caller)."""
+    n = len(a_site)
+    has_res = (np.arange(n) % 5) != 2
+    rows, tokens = [], []
+    for sample, keep in (("reservoir", has_res), ("top", np.ones(n, bool))):
+        m = int(keep.sum())
+        no_next = (np.flatnonzero(keep) % 9) == 4
+        rows.append(
+            pa.table(
+                {
+                    "site": a_site[keep],
+                    "component": a_comp[keep],
+                    "sample": np.full(m, sample, dtype=object),
+                    "contexts": np.full(m, 4, np.int64),
+                    "next_contexts": np.where(no_next, 0, 4).astype(np.int64),
+                    "dlogp": pa.array(-rng.random(m) * 2, pa.float64(), mask=no_next),
+                    "kl": rng.random(m),
+                }
+            )
+        )
+        for direction, sign in (("promoted", 1.0), ("suppressed", -1.0)):
+            value = np.sort(rng.random((m, n_tok)), axis=1)[:, ::-1]
+            tokens.append(
+                pa.table(
+                    {
+                        "site": np.repeat(a_site[keep], n_tok),
+                        "component": np.repeat(a_comp[keep], n_tok),
+                        "sample": np.full(m * n_tok, sample, dtype=object),
+                        "direction": np.full(m * n_tok, direction, dtype=object),
+                        "rank": np.tile(np.arange(n_tok, dtype=np.int32), m),
+                        "token": _ranked_tokens(rng, m, n_tok, V).reshape(-1),
+                        "value": sign * value.reshape(-1),
+                    }
+                )
+            )
+    return {"ablation": pa.concat_tables(rows), "ablation_tokens": pa.concat_tables(tokens)}
+
+
 def write_synthetic_harvest(
     run_dir: Path,
     sites: dict[str, tuple[int, bool]],
@@ -105,8 +146,11 @@ def write_synthetic_harvest(
     n_out: int = 3,
     n_co: int = 3,
     n_vocab: int = 24,
+    ablation: bool = True,
 ) -> SyntheticHarvest:
-    """Write `run_dir/harvest/step_<step>/`; `sites` maps a site to (C, writes the residual)."""
+    """Write `run_dir/harvest/step_<step>/`; `sites` maps a site to (C, writes the residual).
+    With `ablation`, also the tables of `param-decomp ablate` (every alive component has a top
+    sample, all but every fifth a reservoir sample; every ninth has no known next token)."""
     rng = np.random.default_rng(seed)
     folder = Path(run_dir) / "harvest" / f"step_{step}"
     folder.mkdir(parents=True, exist_ok=True)
@@ -205,8 +249,12 @@ def write_synthetic_harvest(
         "output_tokens": pa.concat_tables(outputs),
         "coactivation": coactivation,
     }
+    if ablation:
+        tables |= _ablation_tables(rng, a_site, a_comp, n_out, V)
     for name, table in tables.items():
         pq.write_table(table, folder / f"{name}.parquet")
+    if ablation:
+        (folder / "ablation.json").write_text(json.dumps({"contexts": 4, "top_tokens": n_out}))
     settings = {
         "tokens": tokens_seen,
         "split": "val",

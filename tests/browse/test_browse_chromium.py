@@ -1,10 +1,11 @@
 """The component browser in a real headless Chromium, offline (issue 21, acceptance 2).
 
 One walk through the site does what a reader does: open the overview and a site's table from it,
-sort the table, search it by a token,
+sort the table (by density, mean CI, top PMI and the ablation effect), search it by a token,
 follow a component link, check the highlighted contexts against the harvested tables, follow
 a co-active partner, and check that nothing was requested outside the file system. The same
-walk must fail on a site with one link, one highlight, one token text or one request broken:
+walk must fail on a site with one link, one highlight, one token text, one effect or one
+request broken:
 `test_the_walk_catches_a_broken_site` corrupts each in turn.
 """
 
@@ -144,7 +145,10 @@ def check_sorting(driver: WebDriver, h: SyntheticHarvest) -> None:
     for r in h.tables["input_tokens"].to_pylist():
         if r["site"] == TABLE_SITE and r["by"] == "pmi" and r["rank"] == 0:
             stat["pmi"][r["component"]] = r["pmi"]
-    for key, clicks in (("density", 2), ("mean_ci", 1), ("pmi", 1)):
+    stat["effect"] = {r["component"]: None for r in comps}  # the reservoir's KL, else the top's
+    for r in sorted(h.rows_of_site("ablation", TABLE_SITE), key=lambda r: r["sample"] != "top"):
+        stat["effect"][r["component"]] = r["kl"]
+    for key, clicks in (("density", 2), ("mean_ci", 1), ("pmi", 1), ("effect", 2)):
         for click in range(clicks):
             driver.find_element(By.CSS_SELECTOR, f'th[data-key="{key}"] button').click()
             desc = click == 0
@@ -302,6 +306,7 @@ def _break_ci(data: dict) -> None:
         ("partner_href", "landed on the wrong page"),
         ("highlight", "top-contexts context 0"),
         ("token_text", "top-contexts context 0"),
+        ("effect", "sorted by effect"),
         ("request", "requests outside the file system"),
     ],
 )
@@ -327,6 +332,18 @@ def test_the_walk_catches_a_broken_site(
         piece = json.dumps(visible_html_text(harvest.vocab[token]), ensure_ascii=False)
         assert f'"{token}":{piece}' in text
         vocab_js.write_text(text.replace(f'"{token}":{piece}', f'"{token}":"x{piece[1:]}'))
+    elif broken == "effect":  # the site table's effect of its two largest swapped
+        table_path = site / "sites" / site_slugs(list(harvest.sites))[TABLE_SITE] / "index.html"
+        table = table_path.read_text(encoding="utf-8")
+        pattern = re.compile(r'(<script id="pd-table" type="application/json">)(.*?)(</script>)')
+        match = pattern.search(table)
+        data = json.loads(match.group(2))
+        a, b = sorted((r for r in data["rows"] if r[6] is not None), key=lambda r: -r[6])[:2]
+        a[6], b[6] = b[6], a[6]
+        table_path.write_text(
+            table[: match.start(2)] + json_for_script(data) + table[match.end(2) :],
+            encoding="utf-8",
+        )
     else:
         page = page.replace("</nav>", '</nav><img src="http://192.0.2.1/pixel.png" alt="">', 1)
     page_path.write_text(page, encoding="utf-8")

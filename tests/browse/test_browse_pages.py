@@ -216,3 +216,49 @@ def test_empty_tables_give_pages_that_say_so(tmp_path: Path) -> None:
     assert embedded(page, "pd-contexts")["reservoir"] == []
     assert 'class="empty coactivation">none harvested' in page
     assert 'class="note output-note">none harvested' in page
+
+
+def test_effect_column_and_component_ablation_are_the_tables(
+    site: Path, harvest: SyntheticHarvest
+) -> None:
+    """The table's effect and Δ log p are the reservoir sample's KL and dlogp (the top
+    contexts' where a component has no reservoir sample; none for a dead one); the component
+    page lists each sample's numbers and the shown sample's tokens, beside the direct path."""
+    slugs = site_slugs(list(SITES))
+    for site_name in SITES:
+        page = (site / "sites" / slugs[site_name] / "index.html").read_text()
+        assert 'data-key="effect"' in page and "effect (KL)" in page
+        rows = {r[0]: r for r in embedded(page, "pd-table")["rows"]}
+        fallback = 0
+        for comp, row in rows.items():
+            ablated = {r["sample"]: r for r in harvest.rows("ablation", site_name, comp)}
+            shown = ablated.get("reservoir") or ablated.get("top")
+            if shown is None:
+                assert row[6] is None and row[7] is None
+                continue
+            fallback += "reservoir" not in ablated
+            assert row[6] == pytest.approx(shown["kl"], abs=1e-9)
+            assert row[7] == (None if shown["dlogp"] is None else pytest.approx(shown["dlogp"]))
+        assert fallback > 0 or site_name != "layers.0.mlp.up"
+    comp_page = (site / component_path(slugs["layers.0.mlp.down"], 1)).read_text()
+    direct, ablation = comp_page.split('id="ablation-effect"')
+    assert "output-promote" in direct
+    for row in harvest.rows("ablation", "layers.0.mlp.down", 1):
+        assert f"<td>{row['sample']}</td>" in ablation
+        assert f'data-ablation="kl">{row["kl"]:.4g}<' in ablation
+    tokens = harvest.rows("ablation_tokens", "layers.0.mlp.down", 1)
+    raised = [t["token"] for t in tokens if t["sample"] == "reservoir"]
+    chips = re.findall(r'data-token="(\d+)"', ablation)
+    assert [int(c) for c in chips] == raised  # promoted then suppressed, in rank order
+
+
+def test_a_harvest_without_ablation_says_how_to_fill_the_column(tmp_path: Path) -> None:
+    h = write_synthetic_harvest(tmp_path / "run", {"s": (4, True)}, ablation=False)
+    out = write_site(h.run_dir).out
+    table = (out / "sites" / "s" / "index.html").read_text()
+    assert "param-decomp ablate" in table
+    assert all(r[6] is None for r in embedded(table, "pd-table")["rows"])
+    assert (
+        "not ablated: run `param-decomp ablate RUN_DIR`"
+        in (out / component_path("s", 0)).read_text()
+    )
