@@ -29,27 +29,28 @@ def _truncate_step(step_dir: Path) -> None:
 def test_corrupted_newest_step_falls_back_and_says_so(
     tmp_path: Path, trained_targets: Callable[..., Path]
 ) -> None:
-    config = _toy_config(tmp_path, steps=100)
+    # checkpoints every 20 of 60 steps, the newest three kept: 20, 40, 60
+    config = _toy_config(tmp_path, steps=60, checkpoint_every=20)
     runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     first = _run(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     ckpts = runs / "tms_tiny" / "checkpoints"
-    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [50, 75, 100]
+    assert sorted(int(p.name) for p in ckpts.iterdir() if p.name.isdigit()) == [20, 40, 60]
     good = _restore_item(ckpts, "decomposition")
-    _truncate_step(ckpts / "100")
+    _truncate_step(ckpts / "60")
     resumed = _run(*args, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "checkpoint step 100" in resumed.stderr and "unusable" in resumed.stderr
-    assert "resumed from step 75" in resumed.stdout
-    assert (runs / "tms_tiny" / "corrupt_checkpoints" / "100").is_dir()  # kept, set aside
-    _assert_equal_trees(_restore_item(ckpts, "decomposition"), good)  # 75 -> 100 again
+    assert "checkpoint step 60" in resumed.stderr and "unusable" in resumed.stderr
+    assert "resumed from step 40" in resumed.stdout
+    assert (runs / "tms_tiny" / "corrupt_checkpoints" / "60").is_dir()  # kept, set aside
+    _assert_equal_trees(_restore_item(ckpts, "decomposition"), good)  # 40 -> 60 again
     # nothing usable at all: the error names every step and why
-    for step in (50, 75, 100):
+    for step in (20, 40, 60):
         _truncate_step(ckpts / str(step))
     broken = _run(*args, "--resume")
     assert broken.returncode == EXIT_USAGE, broken.stderr[-3000:]
-    assert "no usable checkpoint" in broken.stderr and "step 50" in broken.stderr
+    assert "no usable checkpoint" in broken.stderr and "step 20" in broken.stderr
     assert "Traceback" not in broken.stderr
 
 
@@ -82,7 +83,7 @@ def test_nan_stops_naming_the_term_and_keeps_the_last_good_checkpoint(
 def test_resume_refuses_a_changed_config_and_a_missing_run(
     tmp_path: Path, trained_targets: Callable[..., Path]
 ) -> None:
-    config = _toy_config(tmp_path, steps=30)
+    config = _toy_config(tmp_path, steps=10)
     runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     missing = _run(*args, "--resume")
@@ -90,7 +91,7 @@ def test_resume_refuses_a_changed_config_and_a_missing_run(
     assert _run(*args).returncode == 0
     cfg = yaml.safe_load(config.read_text())
     cfg["decomposition"]["C"] = 16
-    cfg["train"]["steps"] = 60  # may change
+    cfg["train"]["steps"] = 20  # may change
     config.write_text(yaml.safe_dump(cfg))
     changed = _run(*args, "--resume")
     assert changed.returncode == EXIT_USAGE
@@ -137,7 +138,9 @@ def test_a_second_signal_aborts_at_once(
 
     from param_decomp.train.run_loop import EXIT_ABORTED
 
-    config = _toy_config(tmp_path, steps=100_000)
+    # the config of the corrupted-checkpoint test above, so the process loads that test's
+    # compiled step from the run's XLA cache; it is signalled at step 5 of 60
+    config = _toy_config(tmp_path, steps=60, checkpoint_every=20)
     runs = trained_targets(tmp_path / "runs", FIXTURES / "tms_tiny_target.yaml")
     args = ["decompose", str(config), "--runs-dir", str(runs), "--no-progress"]
     proc = subprocess.Popen(_cli(*args), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
