@@ -5,11 +5,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pydantic
 import pytest
+from cli_runner import cli_command, run_cli
 
 from param_decomp.config.errors import ConfigError, format_path, format_validation_error
 from param_decomp.config.loading import (
@@ -235,20 +235,36 @@ CLI_CASES = [
 ]
 
 
+def _check_cli_error(returncode: int, stderr: str, path: Path, key: str) -> None:
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert f"config error in {path}:" in stderr
+    assert f"  {key}: " in stderr, stderr
+    assert len(stderr.strip().splitlines()) <= MAX_LINES, stderr
+
+
 @pytest.mark.parametrize(("name", "key"), CLI_CASES, ids=[c[0] for c in CLI_CASES])
 def test_cli_exits_2_without_traceback(name: str, key: str) -> None:
+    """The command's own `main` (its parsing, handlers and exit code) on each case, in this
+    process; an exception escaping it would fail the test as a traceback would."""
+    path = BAD / f"{name}.yaml"
+    out = run_cli("decompose", str(path))
+    _check_cli_error(out.returncode, out.stderr, path, key)
+
+
+def test_cli_entry_point_exits_2_without_traceback() -> None:
+    """The console entry point as a separate process, what a user's shell sees (interpreter
+    start-up and exit included), on one case: the cases differ only inside `main`, which
+    the in-process test above checks on each."""
+    name, key = CLI_CASES[0]
     path = BAD / f"{name}.yaml"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run(
-        [sys.executable, "-m", "param_decomp.cli", "decompose", str(path)],
+        cli_command("decompose", str(path)),
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,
         env=env,
         timeout=300,
     )
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr, proc.stderr
-    assert f"config error in {path}:" in proc.stderr
-    assert f"  {key}: " in proc.stderr, proc.stderr
-    assert len(proc.stderr.strip().splitlines()) <= MAX_LINES, proc.stderr
+    _check_cli_error(proc.returncode, proc.stderr, path, key)

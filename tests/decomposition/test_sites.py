@@ -46,8 +46,15 @@ def test_s1_4_lm_site_order_is_the_forward_order() -> None:
     target = _llama()
     assert list(target.site_weights()) == LM_SITES
     tokens = jax.random.randint(jax.random.key(0), (2, 5), 0, 40)
-    _, record = clean_forward(target, tokens, tuple(LM_SITES))
-    assert list(record.inputs) == LM_SITES
+    order: list[str] = []
+
+    def forward(tokens: jax.Array) -> jax.Array:
+        out, record = clean_forward(target, tokens, tuple(LM_SITES))
+        order.extend(record.inputs)  # the record's own order (a pytree of it sorts its keys)
+        return out
+
+    jax.eval_shape(forward, tokens)  # the forward traced, its Python run in order, no compile
+    assert order == LM_SITES
 
 
 def test_s1_4_patterns_match_whole_segments() -> None:
@@ -112,15 +119,21 @@ def test_s1_4_exact_factors_at_every_lm_site_reproduce_the_target(tied: bool) ->
     target = _llama(tied)
     weights = target.site_weights()
     tokens = jax.random.randint(jax.random.key(1), (3, 7), 0, 40)
-    clean, record = clean_forward(target, tokens, tuple(LM_SITES))
-    VU = {s: (w, jnp.eye(w.shape[1])) for s, w in weights.items()}
-    ones = {s: jnp.ones((3, 7, w.shape[1])) for s, w in weights.items()}
-    zeros = {s: jnp.zeros_like(m) for s, m in ones.items()}
-    forward = {"mask_source": zeros, "delta_source": {}, "routed": None}
-    # embed, the first site, is live and reads its clean x @ V; every later one is recomputed
-    acts = inner_acts(record, VU)
-    site_fn = masked_site_fn(tuple(LM_SITES), VU, ones, forward, False, record, acts)
-    np.testing.assert_allclose(target(tokens, site_fn), clean, rtol=1e-4, atol=1e-4)
+
+    @jax.jit  # one program, not each op compiled on its own
+    def both(tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+        clean, record = clean_forward(target, tokens, tuple(LM_SITES))
+        VU = {s: (w, jnp.eye(w.shape[1])) for s, w in weights.items()}
+        ones = {s: jnp.ones((3, 7, w.shape[1])) for s, w in weights.items()}
+        zeros = {s: jnp.zeros_like(m) for s, m in ones.items()}
+        forward = {"mask_source": zeros, "delta_source": {}, "routed": None}
+        # embed, the first site, is live and reads its clean x @ V; every later one is recomputed
+        acts = inner_acts(record, VU)
+        site_fn = masked_site_fn(tuple(LM_SITES), VU, ones, forward, False, record, acts)
+        return target(tokens, site_fn), clean
+
+    masked, clean = both(tokens)
+    np.testing.assert_allclose(masked, clean, rtol=1e-4, atol=1e-4)
 
 
 def test_s5_6_embedding_ci_reads_the_clean_embedding() -> None:
@@ -133,10 +146,16 @@ def test_s5_6_embedding_ci_reads_the_clean_embedding() -> None:
     shapes = {s: tuple(w.shape) for s, w in weights.items()}
     model = DecompositionModel(dec, shapes, rngs=nnx.Rngs(0), index_sites=("embed",))
     tokens = jax.random.randint(jax.random.key(2), (2, 6), 0, 40)
-    _, record = clean_forward(target, tokens, model.site_names)
-    taps = model.ci_taps(record)
+
+    @jax.jit  # one program, not each op compiled on its own
+    def taps_and_ci(tokens: jax.Array) -> tuple[dict, dict]:
+        _, record = clean_forward(target, tokens, model.site_names)
+        taps = model.ci_taps(record)
+        lower, _ = model.causal_importances(taps, model.all_VU())
+        return taps, lower
+
+    taps, lower = taps_and_ci(tokens)
     np.testing.assert_array_equal(taps["embed"], weights["embed"][tokens])
-    lower, upper = model.causal_importances(taps, model.all_VU())
     assert lower["embed"].shape == (2, 6, 5) and lower["layers.0.mlp.up"].shape == (2, 6, 7)
 
 
@@ -153,13 +172,14 @@ def _transformer(seed: int = 0) -> GlobalTransformerCI:
 
 def test_s5_5_transformer_ci_is_bidirectional_and_keeps_no_rotary_state() -> None:
     ci = _transformer()
+    forward = jax.jit(lambda taps: ci(taps))  # one compiled program for the three inputs
     taps = jax.random.normal(jax.random.key(3), (2, 6, 10))
-    out = ci(taps)
+    out = forward(taps)
     assert out.shape == (2, 6, 9)
     later = taps.at[:, 5].add(1.0)  # change only the LAST position
-    moved = jnp.abs(ci(later)[:, 0] - out[:, 0]).max()
+    moved = jnp.abs(forward(later)[:, 0] - out[:, 0]).max()
     assert moved > 1e-4, "position 0 must see position 5 (no causal mask)"
-    other_row = jnp.abs(ci(taps.at[1].add(1.0))[0] - out[0]).max()
+    other_row = jnp.abs(forward(taps.at[1].add(1.0))[0] - out[0]).max()
     assert other_row == 0.0, "rows of the batch never mix"
     names = {str(p[-1]) for p, _ in jax.tree_util.tree_leaves_with_path(nnx.state(ci))}
     assert not any("freq" in n or "rope" in n for n in names), names
@@ -173,7 +193,7 @@ def test_s5_5_transformer_ci_trains_through_its_rotary_blocks() -> None:
     def loss(p: nnx.State) -> jax.Array:
         return jnp.sum(nnx.merge(graphdef, p)(taps) ** 2)
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)  # one program, not each op compiled on its own
     norms = [float(jnp.linalg.norm(g)) for g in jax.tree.leaves(grads)]
     assert all(np.isfinite(norms)) and sum(n > 0 for n in norms) == len(norms)
 

@@ -68,9 +68,9 @@ def _host(session: Session, params: nnx.State | None = None) -> tuple[nnx.State,
     return jax.tree.map(jnp.asarray, to_host((params, session.target_state)))
 
 
-def _ce(logits: jax.Array, tokens: jax.Array) -> float:
+def _ce(logits: jax.Array, tokens: jax.Array) -> jax.Array:
     logp = jax.nn.log_softmax(jnp.asarray(logits, jnp.float32)[:, :-1])
-    return float(-jnp.take_along_axis(logp, tokens[:, 1:, None], -1).mean())
+    return -jnp.take_along_axis(logp, tokens[:, 1:, None], -1).mean()
 
 
 def _kl(clean: jax.Array, masked: jax.Array) -> jax.Array:
@@ -85,18 +85,22 @@ def _batches(session: Session) -> list[jax.Array]:
 
 def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dict:
     """Every figure of S14.9-S14.12 computed here, batch by batch, then weighted like the tier
-    (equal batch shapes: plain means); the pgd mask after each of PGD_STEPS ascent steps."""
+    (equal batch shapes: plain means); the pgd mask after each of PGD_STEPS ascent steps.
+    One batch's figures are one jitted program of this direct computation (run op by op,
+    its few hundred distinct ops each compiled on their own cost more than the program)."""
     cfg = session.cfg
-    model = nnx.merge(session.graphdef, params)
-    target = nnx.merge(session.target_graphdef, target_state)
-    sites = model.site_names
+    graphdef, target_graphdef = session.graphdef, session.target_graphdef
+    sites = nnx.merge(graphdef, params).site_names
     layers = site_layers(sites)
     subsets = layer_subsets(len(layers))
     layer_sites = list(layers.values())
-    rows: list[dict] = []
-    key = jax.random.key(cfg.seed + KEY_OFFSET)
-    for i, x in enumerate(_batches(session)):
-        keys = dict(zip(BATCH_KEYS, jax.random.split(jax.random.fold_in(key, i), 4), strict=True))
+
+    @jax.jit
+    def batch_row(
+        params: nnx.State, target_state: nnx.State, x: jax.Array, keys: dict[str, jax.Array]
+    ) -> dict[str, jax.Array]:
+        model = nnx.merge(graphdef, params)
+        target = nnx.merge(target_graphdef, target_state)
         clean = target(x)
         ci = causal_importance_on(model, target, x)
         row = {"ce/target": _ce(clean, x)}
@@ -108,7 +112,7 @@ def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dic
                 model, target, x, {s: (c > t).astype(c.dtype) for s, c in ci.items()}
             )
             row[f"ce/{rounded_name(t)}"] = _ce(masked, x)
-            row[f"kl/{rounded_name(t)}"] = float(_kl(clean, masked))
+            row[f"kl/{rounded_name(t)}"] = _kl(clean, masked)
         carry = {s: (c > 0.1).astype(c.dtype) for s, c in ci.items()}
         for layer, members in layers.items():
             row[f"{layer}/rounded"] = _ce(component_output(model, target, x, carry, members), x)
@@ -121,9 +125,7 @@ def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dic
             row[f"subset/{j}"] = _ce(component_output(model, target, x, stochastic, live), x)
         sources = pgd_start(keys["pgd"], model.site_C)
 
-        def kl_of(
-            src: dict, x: jax.Array = x, clean: jax.Array = clean, ci: dict = ci
-        ) -> jax.Array:
+        def kl_of(src: dict) -> jax.Array:
             return _kl(
                 clean,
                 component_output(
@@ -135,15 +137,22 @@ def _direct(session: Session, params: nnx.State, target_state: nnx.State) -> dic
             if steps in PGD_STEPS:
                 pgd = {s: ci[s] + (1 - ci[s]) * sources[s] for s in sites}
                 row[f"ce/pgd@{steps}"] = _ce(component_output(model, target, x, pgd), x)
-                row[f"kl/pgd@{steps}"] = float(kl_of(sources))
+                row[f"kl/pgd@{steps}"] = kl_of(sources)
             if steps < max(PGD_STEPS):
                 grads = jax.grad(kl_of)(sources)
                 sources = {s: jnp.clip(sources[s] + 0.1 * jnp.sign(grads[s]), 0, 1) for s in sites}
         for s in sites:
-            c = np.asarray(ci[s]).reshape(-1, model.site_C[s])
-            row[f"l0_any/{s}"] = float((c > 0).sum(-1).mean())
+            c = ci[s].reshape(-1, model.site_C[s])
+            row[f"l0_any/{s}"] = (c > 0).sum(-1).mean()
             row[f"ci_mean/{s}"] = c.mean(0)
-        rows.append(row)
+        return row
+
+    rows: list[dict] = []
+    key = jax.random.key(cfg.seed + KEY_OFFSET)
+    for i, x in enumerate(_batches(session)):
+        keys = dict(zip(BATCH_KEYS, jax.random.split(jax.random.fold_in(key, i), 4), strict=True))
+        row = jax.tree.map(np.asarray, batch_row(params, target_state, x, keys))
+        rows.append({k: v if k.startswith("ci_mean/") else float(v) for k, v in row.items()})
     return {k: np.mean([r[k] for r in rows], axis=0) for k in rows[0]} | {
         "layers": list(layers),
         "subsets": subsets,
