@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 from jaxtyping import Float, Int
 
-from param_decomp.harvest.tables import component_index
+from param_decomp.harvest.tables import component_columns, component_index, concat_column
 
 SAMPLES = ("reservoir", "top")  # sample 0: the uniform reservoir; 1: the top-CI contexts
 DIRECTIONS = ("promoted", "suppressed")  # by the removal: log p after - before, high / low
@@ -117,8 +117,7 @@ def ablation_table(site_C: Sequence[tuple[str, int]], sums: AblationSums) -> pa.
     dlogp = np.where(n_next > 0, sums.dlogp[g, s] / np.maximum(n_next, 1), np.nan)
     return pa.table(
         {
-            "site": pa.array(sites[g], pa.string()),
-            "component": pa.array(comps[g], pa.int32()),
+            **component_columns(sites, comps, g),
             "sample": pa.array(np.asarray(SAMPLES, dtype=object)[s], pa.string()),
             "contexts": pa.array(n, pa.int64()),
             "next_contexts": pa.array(n_next, pa.int64()),
@@ -147,12 +146,11 @@ def ablation_tokens_table(
             cols["rank"].append(np.arange(top))
             cols["token"].append(keep)
             cols["value"].append(mean[keep])
-    cat = lambda k, dtype: np.concatenate(cols[k]).astype(dtype) if cols[k] else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda k, dtype: concat_column(cols, k, dtype)  # noqa: E731
     g = cat("g", np.int64)
     return pa.table(
         {
-            "site": pa.array(sites[g], pa.string()),
-            "component": pa.array(comps[g], pa.int32()),
+            **component_columns(sites, comps, g),
             "sample": pa.array(np.asarray(SAMPLES, dtype=object)[cat("s", np.int64)], pa.string()),
             "direction": pa.array(cols["direction"], pa.string()),
             "rank": pa.array(cat("rank", np.int32), pa.int32()),

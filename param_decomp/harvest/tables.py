@@ -22,6 +22,16 @@ def component_index(site_C: Sequence[tuple[str, int]]) -> tuple[np.ndarray, np.n
     return sites, comps
 
 
+def component_columns(sites: np.ndarray, comps: np.ndarray, g: np.ndarray) -> dict[str, pa.Array]:
+    """The `site` and `component` columns of rows that name global component indices `g`."""
+    return {"site": pa.array(sites[g], pa.string()), "component": pa.array(comps[g], pa.int32())}
+
+
+def concat_column(cols: dict[str, list], key: str, dtype: type) -> np.ndarray:
+    """One table column from the per-component chunks gathered in `cols[key]` (empty if none)."""
+    return np.concatenate(cols[key]).astype(dtype) if cols[key] else np.zeros(0, dtype)
+
+
 def components_table(
     site_C: Sequence[tuple[str, int]],
     n_fire: Int[np.ndarray, " n"],
@@ -64,8 +74,7 @@ def contexts_table(
     center = (width // 2) - np.argmax(inside, axis=1) if len(g) else np.zeros(0, np.int64)
     return pa.table(
         {
-            "site": pa.array(sites[g], pa.string()),
-            "component": pa.array(comps[g], pa.int32()),
+            **component_columns(sites, comps, g),
             "rank": pa.array(rank, pa.int32()),
             "ci": pa.array(ci[g, rank], pa.float32()),
             "center": pa.array(center, pa.int32()),
@@ -112,12 +121,11 @@ def input_tokens_table(
             cols["token"].append(tok[keep])
             cols["count"].append(cnt[keep])
             cols["pmi"].append(p[keep])
-    cat = lambda k, dtype: np.concatenate(cols[k]).astype(dtype) if cols[k] else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda k, dtype: concat_column(cols, k, dtype)  # noqa: E731
     g = cat("g", np.int64)
     return pa.table(
         {
-            "site": pa.array(sites[g], pa.string()),
-            "component": pa.array(comps[g], pa.int32()),
+            **component_columns(sites, comps, g),
             "by": pa.array(cols["by"], pa.string()),
             "rank": pa.array(cat("rank", np.int32), pa.int32()),
             "token": pa.array(cat("token", np.int32), pa.int32()),
@@ -178,7 +186,7 @@ def coactivation_table(
         cols["p"].append(n_ab[keep] / n[a])
         cols["r"].append(n_ab[keep] / n[b[keep]])
         cols["j"].append(jac[keep])
-    cat = lambda k, dtype: np.concatenate(cols[k]).astype(dtype) if cols[k] else np.zeros(0, dtype)  # noqa: E731
+    cat = lambda k, dtype: concat_column(cols, k, dtype)  # noqa: E731
     a, b = cat("a", np.int64), cat("b", np.int64)
     return pa.table(
         {
