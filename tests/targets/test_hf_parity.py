@@ -21,8 +21,18 @@ from param_decomp.config.schema import HFTarget
 from param_decomp.targets.hf.config_map import hf_target_spec
 from param_decomp.targets.hf.load import load_hf_target
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+torch: Any = None
+transformers: Any = None
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _hf_libraries() -> None:
+    """torch and transformers imported when this file's tests run, not when pytest collects
+    it: at collection they cost 8 s of CPU in every xdist worker, whichever files it runs."""
+    global torch, transformers
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+
 
 TOLERANCE = 1e-4  # max |logit difference| in float32 (acceptance)
 VOCAB = 97
