@@ -43,14 +43,33 @@ def _init_distributed(args: argparse.Namespace) -> None:
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num, process_id=pid)
 
 
-def _add_harvest_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "harvest",
-        help="one pass of a decomposition checkpoint over N tokens of its corpus: per component "
-        "firing, top contexts, samples, input/output tokens, co-activation (parquet tables)",
-    )
+def _lm_run_pass(
+    sub: argparse._SubParsersAction, name: str, help_text: str, step_help: str
+) -> argparse.ArgumentParser:
+    """A pass over an LM decomposition run's checkpoint (harvest, ablate): RUN_DIR and --step;
+    `_finish_lm_run_pass` adds what every such pass takes last."""
+    p = sub.add_parser(name, help=help_text)
     p.add_argument("run_dir", metavar="RUN_DIR", help="an LM decomposition run folder")
-    p.add_argument("--step", type=int, help="checkpoint step (default: the latest)")
+    p.add_argument("--step", type=int, help=step_help)
+    return p
+
+
+def _finish_lm_run_pass(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    _add_distributed_args(p)
+
+
+def _add_harvest_parser(sub: argparse._SubParsersAction) -> None:
+    p = _lm_run_pass(
+        sub,
+        "harvest",
+        "one pass of a decomposition checkpoint over N tokens of its corpus: per component "
+        "firing, top contexts, samples, input/output tokens, co-activation (parquet tables)",
+        "checkpoint step (default: the latest)",
+    )
     p.add_argument("--tokens", type=int, default=1_000_000, help="tokens to read (whole batches)")
     p.add_argument("--split", choices=("train", "val"), default="train", help="corpus split")
     p.add_argument("--top-k", type=int, default=20, help="top contexts per component")
@@ -64,31 +83,23 @@ def _add_harvest_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="window order and reservoir seed (default: the run's)")
     p.add_argument("--save-every", type=int, default=200, help="batches between progress saves")
     p.add_argument("--resume", action="store_true", help="continue a stopped harvest")
-    p.add_argument(
-        "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
-    _add_distributed_args(p)
+    _finish_lm_run_pass(p)
 
 
 def _add_ablate_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
+    p = _lm_run_pass(
+        sub,
         "ablate",
-        help="after a harvest: remove each component where it fires (its reservoir and top "
+        "after a harvest: remove each component where it fires (its reservoir and top "
         "contexts) and record the change of the next-token prediction (parquet tables)",
+        "harvested checkpoint step (default: the latest)",
     )
-    p.add_argument("run_dir", metavar="RUN_DIR", help="an LM decomposition run folder")
-    p.add_argument("--step", type=int, help="harvested checkpoint step (default: the latest)")
     p.add_argument(
         "--contexts", type=int, default=4, help="contexts per component from each sample"
     )
     p.add_argument("--top-tokens", type=int, default=10, help="tokens kept each way")
     p.add_argument("--batch-size", type=int, help="ablations per batch (default: the harvest's)")
-    p.add_argument(
-        "--runs-dir", help="runs folder that holds the cached target (default: RUN_DIR's parent)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress lines")
-    _add_distributed_args(p)
+    _finish_lm_run_pass(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
