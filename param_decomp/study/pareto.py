@@ -31,7 +31,7 @@ def done_records(sweep: Sweep, runs_dir: Path) -> list[dict[str, Any]]:
         record = read_record(record_path(sweep, cell, runs_dir))
         if record is not None and record.get("config_hash") == cell.config_hash:
             out.append(record)
-        elif (progress := progress_record(sweep, cell, runs_dir)) is not None:
+        elif (progress := progress_record(cell, runs_dir)) is not None:
             out.append(progress)
     return out
 

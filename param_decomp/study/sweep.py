@@ -85,6 +85,11 @@ def eval_history(metrics_path: Path, C: dict[str, int]) -> list[dict[str, Any]]:
     if not metrics_path.is_file():
         return []
     rows = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    return history_of(rows, C)
+
+
+def history_of(rows: list[dict[str, Any]], C: dict[str, int]) -> list[dict[str, Any]]:
+    """`eval_history` of metrics rows already read."""
     history = []
     for row in rows:
         if not all(f"eval/ci_l0/{s}" in row for s in C):
@@ -103,13 +108,12 @@ def eval_history(metrics_path: Path, C: dict[str, int]) -> list[dict[str, Any]]:
     return history
 
 
-def progress_record(sweep: Sweep, cell: PlannedCell, runs_dir: Path) -> dict[str, Any] | None:
+def progress_record(cell: PlannedCell, runs_dir: Path) -> dict[str, Any] | None:
     """A cell not done whose run folder, started from this cell's config, has logged
     evaluations: its curve so far (S19.3), so a long run spanning sessions shows where it
     stands. C per site comes from the cell's `sites` entries; the target is compared by file
-    name (the run may have been started from another checkout)."""
-    if is_done(sweep, cell, runs_dir):
-        return None
+    name (the run may have been started from another checkout). The caller knows the cell is
+    not done (`done_records` has just read its record)."""
     run_dir = Path(runs_dir) / cell.run_name
     try:
         saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
@@ -134,7 +138,7 @@ def progress_record(sweep: Sweep, cell: PlannedCell, runs_dir: Path) -> dict[str
         "status": "in_progress",
         "steps": cell.config.train.steps,
         "step": max(int(r.get("step", 0)) for r in rows),
-        "history": eval_history(run_dir / "metrics.jsonl", C),
+        "history": history_of(rows, C),
     }
 
 

@@ -52,12 +52,12 @@ def test_s19_3_an_unfinished_cell_is_drawn_dashed_and_tabled_not_counted(tmp_pat
     runs = tmp_path / "runs"
     run = runs / cell.run_name
     run.mkdir(parents=True)
-    assert progress_record(sweep, cell, runs) is None  # nothing logged yet
+    assert progress_record(cell, runs) is None  # nothing logged yet
     (run / "config.yaml").write_text(yaml.safe_dump(cell.config.model_dump(mode="json")))
     rows = [_eval_row(100, 4.0), {"step": 150, "train/loss/total": 1.0}, _eval_row(200, 2.0)]
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
-    record = progress_record(sweep, cell, runs)
+    record = progress_record(cell, runs)
     assert record is not None and record["status"] == "in_progress"
     assert record["step"] == 200 and record["steps"] == 1000
     C = cell.config.decomposition.C  # every site of the fixture uses decomposition.C
@@ -76,5 +76,5 @@ def test_s19_3_an_unfinished_cell_is_drawn_dashed_and_tabled_not_counted(tmp_pat
     other = cell.config.model_dump(mode="json")
     other["train"]["batch_size"] += 1
     (run / "config.yaml").write_text(yaml.safe_dump(other))
-    assert progress_record(sweep, cell, runs) is None
+    assert progress_record(cell, runs) is None
     assert done_records(sweep, runs) == []
