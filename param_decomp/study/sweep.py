@@ -24,7 +24,12 @@ from param_decomp.decomposition.sites import resolve_sites, site_layers
 from param_decomp.study.grid import read_record, write_json
 from param_decomp.study.provenance import commit, machine
 from param_decomp.study.sweep_schema import PlannedCell, Sweep
-from param_decomp.train.run_dir import RunDirError, config_differences, has_checkpoints
+from param_decomp.train.run_dir import (
+    RunDirError,
+    config_differences,
+    has_checkpoints,
+    set_aside,
+)
 from param_decomp.train.run_loop import NonFiniteLossError
 
 RECORD_FORMAT = 1
@@ -151,8 +156,13 @@ def _decompose(cell: PlannedCell, yaml_path: Path, runs_dir: Path, quiet: bool) 
         try:
             run_decompose(cell.config, str(yaml_path), runs_dir, not quiet, resume=True)
             return "continued"
-        except RunDirError as err:  # started from another config: start again
-            print(f"  cannot continue ({str(err).splitlines()[0]}); starting afresh", flush=True)
+        except RunDirError as err:  # started from another config: set it aside, start again
+            aside = set_aside(run_dir)
+            print(
+                f"  cannot continue ({str(err).splitlines()[0]}); set aside as {aside}, "
+                "starting afresh",
+                flush=True,
+            )
     run_decompose(cell.config, str(yaml_path), runs_dir, not quiet, overwrite=True)
     return "fresh"
 

@@ -48,16 +48,48 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
+def _same_target_file(saved: Any, requested: Any) -> bool:
+    """Two target YAML paths name the same target when both files hold the same config.
+
+    The resolved config records the target as an absolute path, so a repository that was moved
+    or cloned elsewhere (or a sweep run from another checkout) names the same target by another
+    path; the target is what its file says, not where it lies."""
+    if not (isinstance(saved, str) and isinstance(requested, str)):
+        return False
+    try:
+        a, b = Path(saved).read_text(), Path(requested).read_text()
+    except OSError:
+        return False
+    if a == b:
+        return True
+    try:
+        return yaml.safe_load(a) == yaml.safe_load(b)
+    except yaml.YAMLError:
+        return False
+
+
 def config_differences(saved: dict[str, Any], requested: dict[str, Any]) -> list[str]:
-    """Dotted keys whose values differ, except those a resume may change."""
+    """Dotted keys whose values differ, except those a resume may change (S11.4)."""
     a, b = _flatten(saved), _flatten(requested)
     keys = sorted(set(a) | set(b))
     allowed = lambda k: any(k == p or k.startswith(p + ".") for p in RESUMABLE_CHANGES)  # noqa: E731
     return [
         f"{k}: saved {a.get(k, '<absent>')!r}, requested {b.get(k, '<absent>')!r}"
         for k in keys
-        if a.get(k) != b.get(k) and not allowed(k)
+        if a.get(k) != b.get(k)
+        and not allowed(k)
+        and not (k == "target" and _same_target_file(a.get(k), b.get(k)))
     ]
+
+
+def set_aside(run_dir: Path) -> Path:
+    """Rename a run folder to the first free `<name>.superseded-<n>` beside it, so that a new
+    run can take its name and nothing it holds is lost."""
+    n = 1
+    while (aside := run_dir.with_name(f"{run_dir.name}.superseded-{n}")).exists():
+        n += 1
+    run_dir.rename(aside)
+    return aside
 
 
 def has_checkpoints(run_dir: Path) -> list[int]:

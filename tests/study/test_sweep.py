@@ -134,5 +134,18 @@ def test_s19_2_records_skip_continue_and_render(
     assert "resumed from step 2" in resumed.stdout
     assert json.loads((runs / "sweeps/tiny/dens.json").read_text())["started"] == "continued"
 
+    # a run started from another config is set aside, never deleted, and the cell starts again
+    (runs / "sweeps" / "tiny" / "dens.json").unlink()
+    saved_cfg = yaml.safe_load((runs / "tiny__dens" / "config.yaml").read_text())
+    saved_cfg["seed"] = 99
+    (runs / "tiny__dens" / "config.yaml").write_text(yaml.safe_dump(saved_cfg))
+    redone = run_cli("sweep", str(path), "--runs-dir", str(runs), "--only", "dens", "--quiet")
+    assert redone.returncode == 0, redone.stderr[-3000:]
+    aside = runs / "tiny__dens.superseded-1"
+    assert f"set aside as {aside}" in redone.stdout
+    assert (aside / "checkpoints" / "4").is_dir()  # what it held is kept
+    assert yaml.safe_load((aside / "config.yaml").read_text())["seed"] == 99
+    assert json.loads((runs / "sweeps/tiny/dens.json").read_text())["started"] == "fresh"
+
     unknown = run_cli("sweep", str(path), "--runs-dir", str(runs), "--only", "nope")
     assert unknown.returncode == 2 and "no such cell" in unknown.stderr

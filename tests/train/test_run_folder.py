@@ -101,6 +101,25 @@ def test_resume_refuses_a_changed_config_and_a_missing_run(
     assert replaced.returncode == 0, replaced.stderr[-3000:]
 
 
+def test_s11_4_a_target_is_compared_by_its_file_not_its_path(tmp_path: Path) -> None:
+    """A checkout moved or cloned elsewhere records the same target under another absolute
+    path; resume accepts it when the file holds the same config, and refuses another target."""
+    from param_decomp.train.run_dir import config_differences
+
+    here, there, other = tmp_path / "a" / "t.yaml", tmp_path / "b" / "t.yaml", tmp_path / "o.yaml"
+    for path, text in ((here, "run_name: t\nseed: 0\n"), (there, "seed: 0\nrun_name: t\n"),
+                       (other, "run_name: t\nseed: 1\n")):  # fmt: skip
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    saved = {"target": str(here), "seed": 0}
+    assert config_differences(saved, {"target": str(there), "seed": 0}) == []
+    assert config_differences(saved, {"target": str(other), "seed": 0}) == [
+        f"target: saved {str(here)!r}, requested {str(other)!r}"
+    ]
+    gone = {"target": str(tmp_path / "moved_away.yaml"), "seed": 0}
+    assert len(config_differences(gone, {"target": str(there), "seed": 0})) == 1
+
+
 def test_unwritable_run_folder_is_a_clear_error(tmp_path: Path) -> None:
     blocker = tmp_path / "file_not_dir"
     blocker.write_text("")
