@@ -46,8 +46,7 @@ def train_target(
             m = nnx.merge(graphdef, p, frozen)
             return jnp.mean((m(x) - m.labels(x)) ** 2)
 
-        @partial(jax.jit, donate_argnums=(0,))
-        def train_step(
+        def one_step(
             state: tuple[nnx.State, optax.OptState], step: jax.Array
         ) -> tuple[tuple[nnx.State, optax.OptState], dict[str, jax.Array]]:
             p, opt = state
@@ -57,6 +56,16 @@ def train_target(
             loss, grads = jax.value_and_grad(loss_fn)(p, x)
             updates, opt = optimizer.update(grads, opt, p)
             return (optax.apply_updates(p, updates), opt), {"train/loss": loss}
+
+        train_step = jax.jit(one_step, donate_argnums=(0,))
+
+        @partial(jax.jit, static_argnums=(2,), donate_argnums=(0,))
+        def train_chunk(
+            state: tuple[nnx.State, optax.OptState], start: jax.Array, n: int
+        ) -> tuple[tuple[nnx.State, optax.OptState], dict[str, jax.Array]]:
+            """Steps start..start+n-1 in one dispatch (S11.8): a toy step is microseconds of
+            work, so one dispatch per step would cost more than the step."""
+            return jax.lax.scan(one_step, state, start + jnp.arange(n, dtype=jnp.int32))
 
         def items(state: tuple[nnx.State, optax.OptState]) -> dict[str, object]:
             """Host copies: a toy target trains on one device of each process (identically
@@ -79,6 +88,7 @@ def train_target(
             steps=cfg.train.steps,
             state=(params, optimizer.init(params)),
             step_fn=lambda state, step: train_step(state, jnp.asarray(step, jnp.int32)),
+            chunk_fn=lambda state, step, n: train_chunk(state, jnp.asarray(step, jnp.int32), n),
             checkpoint_items=items,
             from_checkpoint=from_items,
             log_every=cfg.train.log_every,

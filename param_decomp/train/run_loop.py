@@ -154,6 +154,27 @@ class Job:
     show_progress: bool = True
     print_lines: bool = False  # one printed line per logged record (pretraining, targets)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Optional: `chunk_fn(state, step, n)` runs steps step..step+n-1 in one dispatch (a scan of
+    # the same step), metrics stacked on a leading axis of n. The loop then runs from boundary
+    # to boundary (S11.8), so a job of tiny steps is not bound by one dispatch per step.
+    chunk_fn: Callable[[Any, int, int], tuple[Any, dict[str, jax.Array]]] | None = None
+
+
+# The longest chunk (S11.8): chunk ends also fall on its multiples, so a signal is answered
+# within this many steps and a straight and a resumed run share every chunk end.
+MAX_CHUNK = 1000
+
+
+def chunk_end(job: Job, step: int) -> int:
+    """The first step after `step` at which the loop must act: a log, evaluation, figure or
+    checkpoint step, a multiple of MAX_CHUNK, or the last step (S11.8). A function of `step`
+    and the schedule only, so every run of the same config has the same chunk ends."""
+    periods = [job.log_every, MAX_CHUNK]
+    periods += [p for p in (job.eval_every, job.checkpoint_every) if p]
+    if job.figures is not None and job.figures_every:
+        periods.append(job.figures_every)
+    nearest = min((step // p + 1) * p for p in periods)
+    return min(nearest, job.steps)
 
 
 def _first_bad(records: list[tuple[int, dict[str, Any]]]) -> tuple[int, str] | None:
@@ -268,16 +289,26 @@ def _train(job: Job, resume: bool, logger: MetricsLogger) -> tuple[Any, dict[str
         window: list[dict[str, jax.Array]] = []
         in_flight: dict[str, jax.Array] | None = None
         with STOP.loop():
-            for step in range(start, job.steps):
-                state, metrics = job.step_fn(state, step)
-                if in_flight is not None:
-                    # At most one step queued: XLA:CPU's multi-device collectives can deadlock
-                    # when many executions are queued (seen with jax 0.10.2).
-                    jax.block_until_ready(in_flight)
-                in_flight = metrics
-                done = step + 1
-                unchecked.append((done, metrics))
-                window.append(metrics)
+            step = start
+            while step < job.steps:
+                if job.chunk_fn is not None and (n := chunk_end(job, step) - step) > 1:
+                    state, stacked = job.chunk_fn(state, step, n)
+                    host = jax.device_get(stacked)
+                    per_step = [{k: v[i] for k, v in host.items()} for i in range(n)]
+                    unchecked += [(step + 1 + i, m) for i, m in enumerate(per_step)]
+                    window += per_step
+                    step += n
+                else:
+                    state, metrics = job.step_fn(state, step)
+                    if in_flight is not None:
+                        # At most one step queued: XLA:CPU's multi-device collectives can
+                        # deadlock when many executions are queued (seen with jax 0.10.2).
+                        jax.block_until_ready(in_flight)
+                    in_flight = metrics
+                    step += 1
+                    unchecked.append((step, metrics))
+                    window.append(metrics)
+                done = step
                 last_step = done == job.steps
                 log = done % job.log_every == 0 or last_step
                 evaluate = job.evaluate is not None and (
