@@ -12,6 +12,8 @@ Sections (pick with `--only NAME`, repeatable or comma separated):
                          shapes (configs/shakespeare_cpu.yaml: 3 layers, d_model 128, SP1024,
                          2432 components), target and decomposition freshly initialised,
                          tokens from the shakespeare corpus through the pipeline
+  ablation_shakespeare   `param-decomp ablate` effects/s on the same shapes (one program per
+                         site, random rows; bench/ablation_bench.py)
   plan_8b                `param-decomp plan` of the 8B-shaped configs on 8 and 64 simulated
                          devices, several layouts and memory levers (bench/plan_layouts.py;
                          a child per layout, minutes each; reports in bench/results/plan/)
@@ -29,6 +31,7 @@ import os
 import sys
 from pathlib import Path
 
+from ablation_bench import ABLATION_BENCH, bench_ablation, print_ablation_line
 from bench_common import REPO, RESULTS_DIR, write_result
 from harvest_bench import HARVEST_BENCH, bench_harvest, print_harvest_line
 from memory_bench import MEMORY_BENCH, bench_memory, print_memory_table
@@ -36,7 +39,7 @@ from roofline import matmul_peak_gflops
 from speed_bench import SPEED_BENCHES, bench_speed, print_speed_table, set_peak_fractions
 
 PLAN_BENCH = "plan_8b"
-ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH, HARVEST_BENCH, PLAN_BENCH)
+ALL_BENCHES = (*SPEED_BENCHES, MEMORY_BENCH, HARVEST_BENCH, ABLATION_BENCH, PLAN_BENCH)
 
 
 def parse_only(values: list[str] | None) -> list[str]:
@@ -93,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     harvest = bench_harvest() if HARVEST_BENCH in names else None
     if harvest is not None:
         print(f"wrote {write_result(harvest, out_dir)}")
+    ablation = bench_ablation() if ABLATION_BENCH in names else None
+    if ablation is not None:
+        print(f"wrote {write_result(ablation, out_dir)}")
     print()
     if results:
         print_speed_table(results)
@@ -101,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         print_memory_table(memory)
     if harvest is not None:
         print_harvest_line(harvest)
+    if ablation is not None:
+        print_ablation_line(ablation)
     if PLAN_BENCH in names:
         # the 8B-shaped plans (bench/plan_layouts.py): a child process per layout, minutes each
         sys.path.insert(0, str(REPO / "bench"))
