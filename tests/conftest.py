@@ -1,12 +1,16 @@
 """Test configuration, set before jax starts: 4 simulated CPU devices, so every sharding path
-runs, LLVM's backend optimisation off, and one XLA compilation cache for the whole test run.
+runs, XLA:CPU compiling for speed of compilation, and one XLA compilation cache for the whole
+test run.
 
-The optimisation level: the suite's programs are many and small, so compiling them dominates
-running them; `--xla_backend_optimization_level=0` skips LLVM's optimisation of the generated
-machine code (XLA's own HLO passes, fusion and layout, still run), which cut a compile-bound
-sample of the suite by a quarter (107 -> 81 s: site patterns, TMS recovery, PGD). The numbers
-the tests compare are the same programs' results; a caller's own level is left as it is.
-Benchmarks (`make bench`) never run with it.
+Compilation: the suite's programs are many and small, so compiling them dominates running them.
+`JAX_DISABLE_MOST_OPTIMIZATIONS=1` skips LLVM's optimisation of the generated machine code
+(XLA's own HLO passes, fusion and layout, still run): a compile-bound sample of the suite went
+from 107 to 81 s. `--xla_cpu_use_fusion_emitters=false` emits fused loops with XLA:CPU's older
+emitters, which compile faster: the density-target tests 55 -> 37 CPU s, the site-pattern tests
+50 -> 34 s (2026-12-08). A test marked `optimized_xla` (hundreds of steps of few programs, the
+toy recoveries) turns the first back on: ResidMLP recovery 81 -> 71 CPU s. The numbers the tests
+compare are the same programs' results; a caller's own settings are left as they are.
+Benchmarks (`make bench`) never run with them.
 
 The cache: many tests compile the same step (a run, its resumed twin, the CLI subprocesses,
 the xdist workers); the first compile of a program is stored and the others load it. The
@@ -35,8 +39,11 @@ sys.dont_write_bytecode = False
 DEVICES_FLAG = "--xla_force_host_platform_device_count=4"
 if DEVICES_FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + DEVICES_FLAG).strip()
-if "--xla_backend_optimization_level" not in os.environ["XLA_FLAGS"]:
-    os.environ["XLA_FLAGS"] += " --xla_backend_optimization_level=0"
+# JAX's switch (not an XLA flag) so that a test marked `optimized_xla` can turn it off; its
+# subprocesses read it from the environment
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+if "--xla_cpu_use_fusion_emitters" not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += " --xla_cpu_use_fusion_emitters=false"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 OWN_COMPILE_CACHE = "JAX_COMPILATION_CACHE_DIR" not in os.environ
@@ -44,7 +51,7 @@ if OWN_COMPILE_CACHE:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="param_decomp_xla_cache_")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
-from collections.abc import Callable  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -58,6 +65,30 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "runs_long(seconds): a module that takes about this long; scheduled first (see below)",
     )
+    config.addinivalue_line(
+        "markers",
+        "optimized_xla: compile with XLA's optimisations (a test that runs hundreds of steps "
+        "of few programs, where running them costs more than compiling them)",
+    )
+
+
+@pytest.fixture(autouse=True)
+def _optimized_xla(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test marked `optimized_xla` (hundreds of steps, few programs) compiles with XLA's
+    optimisations on, in this process and in the processes it starts."""
+    if request.node.get_closest_marker("optimized_xla") is None:
+        yield
+        return
+    import jax
+
+    before = os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"]
+    os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = "0"
+    jax.config.update("jax_disable_most_optimizations", False)
+    try:
+        yield
+    finally:
+        os.environ["JAX_DISABLE_MOST_OPTIMIZATIONS"] = before
+        jax.config.update("jax_disable_most_optimizations", before == "1")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

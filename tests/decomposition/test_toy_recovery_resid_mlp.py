@@ -9,7 +9,7 @@ import pytest
 from param_decomp.jobs.decompose import run_decompose
 from param_decomp.runconfig.decompose import load_decompose_config
 
-pytestmark = pytest.mark.runs_long(seconds=35)
+pytestmark = [pytest.mark.runs_long(seconds=35), pytest.mark.optimized_xla]
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
